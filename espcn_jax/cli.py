@@ -1,0 +1,47 @@
+"""Shared plumbing for the absl drivers in ``experiments/``: one-line errors, exit code 2, JSON out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """Bad user input detected by a driver (flag values, paths)."""
+
+
+def fail(message: str) -> None:
+    """Prints ``error: message`` on one line to stderr and exits with code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e).splitlines()[0])
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """``absl.app.run`` with user errors (bad flags, ValueError, missing files) as one line + exit 2."""
+
+    def guarded(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+            fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+    app.run(guarded, flags_parser=_parse_flags)
+
+
+def print_json(obj) -> None:
+    """Writes ``obj`` as JSON to stdout (the only thing drivers print to stdout)."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+    sys.stdout.flush()

@@ -1,0 +1,97 @@
+"""Periodic shuffle (pixel shuffle) in both channel orders, and its inverse.
+
+Conventions: activations NHWC. For scale ``r`` and ``C`` output channels:
+
+- ``"tf"`` (DCR, ``tf.nn.depth_to_space``):   ``out[n, h*r+a, w*r+b, c] = in[n, h, w, (a*r+b)*C + c]``
+- ``"torch"`` (CRD, ``torch.nn.PixelShuffle``): ``out[n, h*r+a, w*r+b, c] = in[n, h, w, c*r*r + a*r + b]``
+"""
+
+from __future__ import annotations
+
+import operator
+
+import jax
+import jax.numpy as jnp
+
+ORDERS = ("tf", "torch")
+
+
+def check_scale(r, name: str = "r") -> int:
+    """Returns ``r`` as an int, or raises ValueError unless it is an integer >= 1."""
+    try:
+        r_int = operator.index(r)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= 1, got {r!r}") from None
+    if r_int < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {r!r}")
+    return r_int
+
+
+def check_order(order: str) -> str:
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    return order
+
+
+def _check_rank4(x: jax.Array, name: str = "x") -> None:
+    if jnp.ndim(x) != 4:
+        raise ValueError(f"{name} must be an NHWC array of rank 4, got shape {jnp.shape(x)}")
+
+
+def pixel_shuffle(x: jax.Array, r: int, order: str = "tf") -> jax.Array:
+    """``(N, H, W, C*r*r) -> (N, H*r, W*r, C)``: the periodic shuffle PS_r."""
+    r, order = check_scale(r), check_order(order)
+    _check_rank4(x)
+    n, h, w, crr = x.shape
+    if crr % (r * r):
+        raise ValueError(f"x channels must be divisible by r*r={r * r}, got {crr} channels")
+    c = crr // (r * r)
+    if order == "tf":
+        x = x.reshape(n, h, w, r, r, c)  # [a, b, c]
+        x = x.transpose(0, 1, 3, 2, 4, 5)  # n, h, a, w, b, c
+    else:
+        x = x.reshape(n, h, w, c, r, r)  # [c, a, b]
+        x = x.transpose(0, 1, 4, 2, 5, 3)  # n, h, a, w, b, c
+    return x.reshape(n, h * r, w * r, c)
+
+
+def pixel_unshuffle(x: jax.Array, r: int, order: str = "tf") -> jax.Array:
+    """``(N, H*r, W*r, C) -> (N, H, W, C*r*r)``: the inverse of :func:`pixel_shuffle` (space-to-depth)."""
+    r, order = check_scale(r), check_order(order)
+    _check_rank4(x)
+    n, hr, wr, c = x.shape
+    if hr % r or wr % r:
+        raise ValueError(f"x height and width must be divisible by r={r}, got shape {x.shape}")
+    h, w = hr // r, wr // r
+    x = x.reshape(n, h, r, w, r, c)  # n, h, a, w, b, c
+    if order == "tf":
+        x = x.transpose(0, 1, 3, 2, 4, 5)  # n, h, w, a, b, c
+    else:
+        x = x.transpose(0, 1, 3, 5, 2, 4)  # n, h, w, c, a, b
+    return x.reshape(n, h, w, r * r * c)
+
+
+def convert_order(x: jax.Array, r: int, src: str, dst: str, axis: int = -1) -> jax.Array:
+    """Permutes a ``C*r*r`` channel axis from shuffle order ``src`` to ``dst``.
+
+    Works on activations (``axis=-1`` of NHWC) and on kernels: the output axis of an HWIO kernel
+    feeding :func:`pixel_shuffle` (``axis=-1``), or the input axis of one reading the output of
+    :func:`pixel_unshuffle` (``axis=-2``). ``pixel_shuffle(convert_order(x, r, "tf", "torch"), r,
+    "torch") == pixel_shuffle(x, r, "tf")``.
+    """
+    r, src, dst = check_scale(r), check_order(src), check_order(dst)
+    ndim = jnp.ndim(x)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis must index an array of rank {ndim}, got axis={axis}")
+    axis %= ndim
+    size = x.shape[axis]
+    if size % (r * r):
+        raise ValueError(f"axis {axis} must have a size divisible by r*r={r * r}, got {size}")
+    if src == dst:
+        return x
+    c = size // (r * r)
+    # "tf" splits the axis as (phase, c), "torch" as (c, phase); converting swaps the two factors.
+    split = (r * r, c) if src == "tf" else (c, r * r)
+    x = x.reshape(x.shape[:axis] + split + x.shape[axis + 1 :])
+    x = jnp.swapaxes(x, axis, axis + 1)
+    return x.reshape(x.shape[:axis] + (size,) + x.shape[axis + 2 :])
