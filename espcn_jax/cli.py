@@ -1,4 +1,4 @@
-"""Shared plumbing for the absl drivers in ``experiments/``: one-line errors, exit code 2, JSON out."""
+"""Plumbing shared by the absl drivers in ``experiments/``: one-line errors, exit 2, JSON out."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """``absl.app.run`` with user errors (bad flags, ValueError, missing files) as one line + exit 2."""
+    """``absl.app.run`` where user errors (bad flags, ValueError, missing files) exit 2."""
 
     def guarded(argv: list[str]) -> None:
         try:

@@ -2,8 +2,10 @@
 
 Conventions: activations NHWC. For scale ``r`` and ``C`` output channels:
 
-- ``"tf"`` (DCR, ``tf.nn.depth_to_space``):   ``out[n, h*r+a, w*r+b, c] = in[n, h, w, (a*r+b)*C + c]``
-- ``"torch"`` (CRD, ``torch.nn.PixelShuffle``): ``out[n, h*r+a, w*r+b, c] = in[n, h, w, c*r*r + a*r + b]``
+- ``"tf"`` (DCR, ``tf.nn.depth_to_space``):
+  ``out[n, h*r+a, w*r+b, c] = in[n, h, w, (a*r+b)*C + c]``
+- ``"torch"`` (CRD, ``torch.nn.PixelShuffle``):
+  ``out[n, h*r+a, w*r+b, c] = in[n, h, w, c*r*r + a*r + b]``
 """
 
 from __future__ import annotations
@@ -42,33 +44,47 @@ def pixel_shuffle(x: jax.Array, r: int, order: str = "tf") -> jax.Array:
     """``(N, H, W, C*r*r) -> (N, H*r, W*r, C)``: the periodic shuffle PS_r."""
     r, order = check_scale(r), check_order(order)
     _check_rank4(x)
-    n, h, w, crr = x.shape
-    if crr % (r * r):
-        raise ValueError(f"x channels must be divisible by r*r={r * r}, got {crr} channels")
-    c = crr // (r * r)
-    if order == "tf":
-        x = x.reshape(n, h, w, r, r, c)  # [a, b, c]
-        x = x.transpose(0, 1, 3, 2, 4, 5)  # n, h, a, w, b, c
-    else:
-        x = x.reshape(n, h, w, c, r, r)  # [c, a, b]
-        x = x.transpose(0, 1, 4, 2, 5, 3)  # n, h, a, w, b, c
-    return x.reshape(n, h * r, w * r, c)
+    if x.shape[-1] % (r * r):
+        raise ValueError(
+            f"x channels must be divisible by r*r={r * r}, got {x.shape[-1]} channels"
+        )
+    return shuffle_2d(x, r, r, order)
 
 
 def pixel_unshuffle(x: jax.Array, r: int, order: str = "tf") -> jax.Array:
-    """``(N, H*r, W*r, C) -> (N, H, W, C*r*r)``: the inverse of :func:`pixel_shuffle` (space-to-depth)."""
+    """``(N, H*r, W*r, C) -> (N, H, W, C*r*r)``: inverse of ``pixel_shuffle``, space-to-depth."""
     r, order = check_scale(r), check_order(order)
     _check_rank4(x)
-    n, hr, wr, c = x.shape
-    if hr % r or wr % r:
+    if x.shape[1] % r or x.shape[2] % r:
         raise ValueError(f"x height and width must be divisible by r={r}, got shape {x.shape}")
-    h, w = hr // r, wr // r
-    x = x.reshape(n, h, r, w, r, c)  # n, h, a, w, b, c
+    return unshuffle_2d(x, r, r, order)
+
+
+def shuffle_2d(x_NHWC: jax.Array, rh: int, rw: int, order: str) -> jax.Array:
+    """Periodic shuffle with per-axis factors (``rh`` along H, ``rw`` along W), unchecked.
+
+    Channel ``(a*rw + b)*C + c`` ("tf") or ``c*rh*rw + a*rw + b`` ("torch") lands at output
+    ``(h*rh + a, w*rw + b, c)``; :func:`pixel_shuffle` is the checked square case.
+    """
+    n, h, w, crr = x_NHWC.shape
+    c = crr // (rh * rw)
+    if order == "tf":
+        x = x_NHWC.reshape(n, h, w, rh, rw, c).transpose(0, 1, 3, 2, 4, 5)
+    else:
+        x = x_NHWC.reshape(n, h, w, c, rh, rw).transpose(0, 1, 4, 2, 5, 3)
+    return x.reshape(n, h * rh, w * rw, c)  # from (n, h, a, w, b, c)
+
+
+def unshuffle_2d(x_NHWC: jax.Array, rh: int, rw: int, order: str) -> jax.Array:
+    """Inverse of :func:`shuffle_2d`, unchecked."""
+    n, hr, wr, c = x_NHWC.shape
+    h, w = hr // rh, wr // rw
+    x = x_NHWC.reshape(n, h, rh, w, rw, c)  # n, h, a, w, b, c
     if order == "tf":
         x = x.transpose(0, 1, 3, 2, 4, 5)  # n, h, w, a, b, c
     else:
         x = x.transpose(0, 1, 3, 5, 2, 4)  # n, h, w, c, a, b
-    return x.reshape(n, h, w, r * r * c)
+    return x.reshape(n, h, w, rh * rw * c)
 
 
 def convert_order(x: jax.Array, r: int, src: str, dst: str, axis: int = -1) -> jax.Array:

@@ -14,7 +14,7 @@ def time_fn(
 ) -> dict[str, float]:
     """Times ``fn(*args)`` on the current default device.
 
-    ``fn`` should already be jitted (a plain function is jitted here). Compilation happens during the
+    ``fn`` should already be jitted (a plain function is jitted here). Compilation happens in the
     warm-up calls and is reported separately. Returns milliseconds: ``median_ms``, ``min_ms``,
     ``p25_ms``, ``p75_ms``, ``compile_ms`` (first call), and ``repeats`` actually run (at least
     ``repeats``, more if needed to fill ``min_time_s``).
