@@ -1,0 +1,391 @@
+"""Super-resolution network families at matched compute (DESIGN.md §2), built by family name.
+
+Every family maps an LR batch ``(N, h, w, C)`` to ``(N, h*r, w*r, C)``. ``depth`` counts the conv
+layers, the upsampling layer included; ``widths`` are the ``depth - 1`` hidden feature widths.
+
+- ``lr`` (ESPCN): ``depth - 1`` LR convs, an LR conv to ``C*r*r``, the periodic shuffle ``PS_r``.
+- ``hr`` (SRCNN/VDSR): fixed bicubic ``x r`` (:func:`bicubic.upscale`), then ``depth`` HR convs.
+- ``deconv`` (FSRCNN): ``depth - 1`` LR convs, then a stride-``r`` transposed conv to ``C``,
+  executed as :class:`layers.FastConvTranspose` (LR conv + shuffle). Its kernel is ``3r x 3r`` by
+  default: the note's ``K = k*r`` with ``k = 3``, so each output phase gets exactly 3x3 LR taps
+  (FSRCNN's 9x9 at ``r = 3``) and its useful cost equals the ``lr`` family's 3x3 sub-pixel layer.
+  Padding is ``"SAME"`` in Flax's ``ConvTranspose`` sense: the output is exactly ``(h*r, w*r)``.
+- ``lr_tied``: the exact LR-space image of an ``hr`` net (DESIGN.md §1.3). Its parameters *are* the
+  HR kernels (same tree as ``hr``); each call ties them into LR kernels with
+  :func:`tied.hr_conv_to_tied_lr` and runs LR input -> :func:`bicubic.upscale_phases` -> tied LR
+  convs -> ``PS_r``. Build it from an ``hr`` net with :func:`hr_to_lr_tied`.
+
+Default kernel sizes: 5 for the first layer, 3 after it (ESPCN), ``3r`` for the deconv layer. All
+hidden convs are ``"SAME"``. Activations follow every layer but the last (ESPCN has none there).
+``residual=True`` adds ``bicubic.upscale(x)`` to the output. ``icnr=True`` initialises the sub-pixel
+layer (``lr``'s last conv, ``deconv``'s transposed conv) with :func:`icnr.icnr`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from espcn_jax import bicubic, icnr, ops, subpixel, tied
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "elu": jax.nn.elu,
+    "sigmoid": jax.nn.sigmoid,
+    "silu": jax.nn.silu,
+    "gelu": jax.nn.gelu,
+    "identity": lambda x: x,
+}
+FAMILY_NAMES = ("lr", "hr", "deconv", "lr_tied")  # the keys of FAMILIES, in a fixed order
+_DN = ("NHWC", "HWIO", "NHWC")
+
+PadPairs = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _positive_int(value, name: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}") from None
+    if v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return v
+
+
+def _per_layer(value, name: str, count: int) -> tuple[int, ...]:
+    """An int (every layer) or a sequence of ``count`` ints >= 1, as a tuple."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != count:
+            raise ValueError(f"{name} must have {count} entries, got {len(value)}: {value!r}")
+        return tuple(_positive_int(v, name) for v in value)
+    return (_positive_int(value, name),) * count
+
+
+def default_kernel_sizes(family: str, depth: int, scale: int) -> tuple[int, ...]:
+    """5 for the first layer, then 3 (ESPCN); the transposed conv of ``deconv`` gets ``3*scale``."""
+    sizes = [5] + [3] * (depth - 1)
+    if family == "deconv":
+        sizes[-1] = 3 * scale
+    return tuple(sizes)
+
+
+def _check_pads(padding, kernel_size: int) -> str | PadPairs:
+    """``"SAME"`` or explicit ``((lo, hi), (lo, hi))`` LR pads, ``lo + hi == kernel_size - 1``."""
+    if padding == "SAME":
+        return "SAME"
+    try:
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    except (TypeError, ValueError):
+        pads = ()
+    if len(pads) != 2 or any(lo < 0 or hi < 0 or lo + hi != kernel_size - 1 for lo, hi in pads):
+        raise ValueError(
+            f"upsample_padding must be 'SAME' or ((lo, hi), (lo, hi)) with lo + hi = "
+            f"{kernel_size - 1} (grid-preserving), got {padding!r}"
+        )
+    return pads  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a network; ml_collections configs unpack into it.
+
+    ``widths``: one int for every hidden layer, or ``depth - 1`` ints. ``kernel_sizes``: ``None``
+    (family defaults), one int, or ``depth`` ints. ``upsample_padding``: pads of ``lr``'s sub-pixel
+    conv (``"SAME"`` or explicit grid-preserving pairs, as :func:`deconv_to_lr` produces); every
+    other family is ``"SAME"`` throughout. ``dtype``: computation dtype (``None``: as the inputs and
+    ``param_dtype`` promote).
+    """
+
+    family: str = "lr"
+    scale: int = 3
+    channels: int = 1
+    depth: int = 3
+    widths: int | tuple[int, ...] = (64, 32)
+    kernel_sizes: int | tuple[int, ...] | None = None
+    activation: str = "tanh"
+    residual: bool = False
+    icnr: bool = False
+    order: str = "tf"
+    upsample_padding: str | PadPairs = "SAME"
+    dtype: str | None = None
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        if self.family not in FAMILY_NAMES:
+            raise ValueError(f"family must be one of {FAMILY_NAMES}, got {self.family!r}")
+        put("scale", ops.check_scale(self.scale, "scale"))
+        put("channels", _positive_int(self.channels, "channels"))
+        depth = _positive_int(self.depth, "depth")
+        put("depth", depth)
+        put("widths", () if depth == 1 else _per_layer(self.widths, "widths", depth - 1))
+        if self.kernel_sizes is None:
+            put("kernel_sizes", default_kernel_sizes(self.family, depth, self.scale))
+        else:
+            put("kernel_sizes", _per_layer(self.kernel_sizes, "kernel_sizes", depth))
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        ops.check_order(self.order)
+        if self.family == "lr":
+            put("upsample_padding", _check_pads(self.upsample_padding, self.kernel_sizes[-1]))
+        elif self.upsample_padding != "SAME":
+            raise ValueError(
+                f"upsample_padding must be 'SAME' for family {self.family!r}, "
+                f"got {self.upsample_padding!r}"
+            )
+        if self.icnr and self.family not in ("lr", "deconv"):
+            raise ValueError(f"icnr applies to families 'lr' and 'deconv', not {self.family!r}")
+        for name in ("dtype", "param_dtype"):
+            value = getattr(self, name)
+            if value is None and name == "dtype":
+                continue
+            try:
+                dt = jnp.dtype(value)
+            except TypeError:
+                dt = None
+            if dt is None or not jnp.issubdtype(dt, jnp.floating):
+                raise ValueError(f"{name} must name a floating dtype, got {value!r}")
+            put(name, dt.name)
+
+    @classmethod
+    def espcn(cls, scale: int = 3, channels: int = 1, **overrides) -> ModelConfig:
+        """Shi et al. 2016: 5x5x64 -> tanh -> 3x3x32 -> tanh -> 3x3x(C r^2) -> PS_r."""
+        fields = dict(depth=3, widths=(64, 32), kernel_sizes=(5, 3, 3), activation="tanh")
+        return cls(**{"family": "lr", "scale": scale, "channels": channels, **fields, **overrides})
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def layer_channels(self) -> tuple[tuple[int, int], ...]:
+        """``(C_in, C_out)`` of every conv layer in its native form (``lr``'s last: ``C*r*r``)."""
+        c, r = self.channels, self.scale
+        last = c * r * r if self.family == "lr" else c
+        features = (c, *self.widths, last)
+        return tuple(zip(features[:-1], features[1:], strict=True))
+
+    def activation_fn(self) -> Callable[[jax.Array], jax.Array]:
+        return ACTIVATIONS[self.activation]
+
+
+def _check_input(x_NHWC: jax.Array, config: ModelConfig) -> None:
+    if jnp.ndim(x_NHWC) != 4 or x_NHWC.shape[-1] != config.channels:
+        raise ValueError(
+            f"x_NHWC must have shape (N, h, w, {config.channels}), got {jnp.shape(x_NHWC)}"
+        )
+
+
+def _convs(
+    config: ModelConfig, count: int, rngs: nnx.Rngs, last_padding="SAME", last_init=None
+) -> nnx.List:
+    """The first ``count`` conv layers of ``config`` as ``nnx.Conv``; the options apply to layer
+    ``depth - 1`` (the sub-pixel conv of ``lr``) when ``count`` reaches it."""
+    layers = []
+    channels = config.layer_channels()[:count]
+    for i, ((cin, cout), k) in enumerate(zip(channels, config.kernel_sizes, strict=False)):
+        last = i == config.depth - 1
+        init = {"kernel_init": last_init} if last and last_init is not None else {}
+        layers.append(
+            nnx.Conv(
+                cin,
+                cout,
+                (k, k),
+                padding=last_padding if last else "SAME",
+                dtype=config.dtype,
+                param_dtype=config.param_dtype,
+                rngs=rngs,
+                **init,
+            )
+        )
+    return nnx.List(layers)
+
+
+def _hidden(convs: Sequence[nnx.Conv], act: Callable, x: jax.Array) -> jax.Array:
+    for conv in convs:
+        x = act(conv(x))
+    return x
+
+
+class LRNet(nnx.Module):
+    """ESPCN: LR convs, a sub-pixel conv to ``C*r*r`` channels, ``PS_r`` (shuffle ``order``)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        _expect(config, "lr")
+        self.config = config
+        init = None
+        if config.icnr:
+            init = icnr.icnr(config.scale, order=config.order)
+        self.convs = _convs(config, config.depth, rngs, config.upsample_padding, init)
+
+    def __call__(self, x_NHWC: jax.Array) -> jax.Array:
+        cfg = self.config
+        _check_input(x_NHWC, cfg)
+        z = self.convs[-1](_hidden(self.convs[:-1], cfg.activation_fn(), x_NHWC))
+        y = ops.pixel_shuffle(z, cfg.scale, cfg.order)
+        return y + bicubic.upscale(x_NHWC, cfg.scale).astype(y.dtype) if cfg.residual else y
+
+
+class HRNet(nnx.Module):
+    """SRCNN/VDSR style: fixed bicubic ``x r``, then ``depth`` HR convs."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        _expect(config, "hr")
+        self.config = config
+        self.convs = _convs(config, config.depth, rngs)
+
+    def __call__(self, x_NHWC: jax.Array) -> jax.Array:
+        cfg = self.config
+        _check_input(x_NHWC, cfg)
+        up = bicubic.upscale(x_NHWC, cfg.scale)
+        y = self.convs[-1](_hidden(self.convs[:-1], cfg.activation_fn(), up))
+        return y + up.astype(y.dtype) if cfg.residual else y
+
+
+class DeconvNet(nnx.Module):
+    """FSRCNN style: LR convs, then a stride-``r`` transposed conv run in LR space."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        from espcn_jax.layers import FastConvTranspose
+
+        _expect(config, "deconv")
+        self.config = config
+        r, k = config.scale, config.kernel_sizes[-1]
+        self.convs = _convs(config, config.depth - 1, rngs)
+        cin, cout = config.layer_channels()[-1]
+        kwargs = {"kernel_init": _icnr_transposed(config)} if config.icnr else {}
+        self.deconv = FastConvTranspose(
+            cin,
+            cout,
+            (k, k),
+            (r, r),
+            padding="SAME",
+            dtype=config.dtype,
+            param_dtype=config.param_dtype,
+            rngs=rngs,
+            **kwargs,
+        )
+
+    def __call__(self, x_NHWC: jax.Array) -> jax.Array:
+        cfg = self.config
+        _check_input(x_NHWC, cfg)
+        y = self.deconv(_hidden(self.convs, cfg.activation_fn(), x_NHWC))
+        return y + bicubic.upscale(x_NHWC, cfg.scale).astype(y.dtype) if cfg.residual else y
+
+
+class LRTiedNet(nnx.Module):
+    """An ``hr`` net computed in LR space with tied kernels; :class:`HRNet`'s parameter tree."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        _expect(config, "lr_tied")
+        self.config = config
+        self.convs = _convs(config, config.depth, rngs)  # HR kernels: parameter holders only
+
+    def __call__(self, x_NHWC: jax.Array) -> jax.Array:
+        cfg = self.config
+        _check_input(x_NHWC, cfg)
+        r, act = cfg.scale, cfg.activation_fn()
+        up = bicubic.upscale_phases(x_NHWC, r, cfg.order)  # (N, h, w, C*r*r)
+        z = up
+        for i, conv in enumerate(self.convs):
+            kernel_lr, padding_lr = tied.hr_conv_to_tied_lr(conv.kernel[...], r, "SAME", cfg.order)
+            bias = tied.tie_bias(conv.bias[...], r, cfg.order)
+            z, kernel_lr, bias = nnx.nn.dtypes.promote_dtype((z, kernel_lr, bias), dtype=cfg.dtype)
+            z = lax.conv_general_dilated(z, kernel_lr, (1, 1), padding_lr, dimension_numbers=_DN)
+            z = z + bias
+            if i < cfg.depth - 1:
+                z = act(z)
+        if cfg.residual:
+            z = z + up.astype(z.dtype)
+        return ops.pixel_shuffle(z, r, cfg.order)
+
+
+FAMILIES: dict[str, type[nnx.Module]] = {
+    "lr": LRNet,
+    "hr": HRNet,
+    "deconv": DeconvNet,
+    "lr_tied": LRTiedNet,
+}
+assert tuple(FAMILIES) == FAMILY_NAMES
+
+
+def _expect(config: ModelConfig, family: str) -> None:
+    if not isinstance(config, ModelConfig) or config.family != family:
+        got = config.family if isinstance(config, ModelConfig) else type(config).__name__
+        raise ValueError(
+            f"config.family must be {family!r} for {FAMILIES[family].__name__}, got {got!r}"
+        )
+
+
+def _icnr_transposed(config: ModelConfig) -> Callable:
+    """ICNR for the transposed conv: an ICNR LR kernel mapped back to the zero-insertion kernel."""
+    r, k = config.scale, config.kernel_sizes[-1]
+    plan_h, plan_w = subpixel.plan((k, k), r, "SAME")
+    lr_init = icnr.icnr(r, order=config.order)
+
+    def init(key, shape, dtype=jnp.float32):
+        kh, kw, cin, cout = shape
+        kernel_lr = lr_init(key, (plan_h.taps, plan_w.taps, cin, cout * r * r), dtype)
+        return subpixel.lr_to_zero_insertion(kernel_lr, (kh, kw), r, "SAME", config.order)
+
+    return init
+
+
+def model_from_config(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+    return FAMILIES[config.family](config, rngs=rngs)
+
+
+def build_model(family: str = "lr", *, rngs: nnx.Rngs, **fields) -> nnx.Module:
+    """``build_model("hr", scale=2, depth=4, widths=32, rngs=nnx.Rngs(0))``; see ModelConfig."""
+    return model_from_config(ModelConfig(family=family, **fields), rngs=rngs)
+
+
+def _empty(config: ModelConfig) -> nnx.Module:
+    """A net of ``config`` with abstract (shape-only) parameters, to be filled by ``nnx.update``."""
+    return nnx.eval_shape(lambda: model_from_config(config, rngs=nnx.Rngs(0)))
+
+
+def hr_to_lr_tied(model: HRNet) -> LRTiedNet:
+    """The ``lr_tied`` net computing exactly ``model``'s function in LR space (shares no arrays)."""
+    if not isinstance(model, HRNet):
+        raise ValueError(f"model must be an HRNet, got {type(model).__name__}")
+    tied_net = _empty(model.config.replace(family="lr_tied"))
+    nnx.update(tied_net, jax.tree.map(jnp.copy, nnx.state(model)))
+    return tied_net
+
+
+def deconv_to_lr(model: DeconvNet) -> LRNet:
+    """The ``lr`` net with the same output: the transposed kernel re-indexed into an LR kernel."""
+    if not isinstance(model, DeconvNet):
+        raise ValueError(f"model must be a DeconvNet, got {type(model).__name__}")
+    cfg = model.config
+    r, k = cfg.scale, cfg.kernel_sizes[-1]
+    plan_h, plan_w = subpixel.plan((k, k), r, "SAME")
+    assert plan_h.crop == plan_w.crop == 0, "'SAME' transposed convs need no crop"
+    lr_net = _empty(
+        cfg.replace(
+            family="lr",
+            kernel_sizes=(*cfg.kernel_sizes[:-1], plan_h.taps),
+            upsample_padding=(plan_h.lr_padding, plan_w.lr_padding),
+            icnr=False,
+        )
+    )
+    state = jax.tree.map(jnp.copy, nnx.state(model.convs))
+    kernel_lr = subpixel.zero_insertion_to_lr(model.deconv.kernel[...], r, "SAME", cfg.order)
+    bias_lr = tied.tie_bias(model.deconv.bias[...], r, cfg.order)  # the same per-phase layout
+    nnx.update(lr_net.convs, state)
+    lr_net.convs[-1].kernel.value = kernel_lr
+    lr_net.convs[-1].bias.value = bias_lr
+    return lr_net
