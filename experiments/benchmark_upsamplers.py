@@ -1,0 +1,318 @@
+"""Times one upsampling layer computed five ways (DESIGN.md §1.2), side by side in one run.
+
+The same function ``y = conv_transpose(x, kernel, strides=r, padding="SAME") + bias`` with a
+kernel of ``(k*r)**2`` taps, as ``flax.nnx.ConvTranspose`` (and ``lax.conv_transpose``), as
+``espcn_jax.layers.FastConvTranspose`` (LR conv + pixel shuffle, parameters copied across) and as
+an explicit zero-insertion conv; plus *resize-convolution* (nearest-neighbour upsampling, then a
+stride-1 HR conv with the same kernel shape: a different function with the same output shape and
+receptive field) and the fast path's two pieces alone (LR conv, pixel shuffle). Every variant is
+jitted, checked against ``nnx.ConvTranspose`` before it is timed, and timed with
+``espcn_jax.timing.time_fn``.
+
+    python experiments/benchmark_upsamplers.py --json
+    python experiments/benchmark_upsamplers.py --scales=3 --lr_size=180x320 --repeats=5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from flax import nnx
+from jax import lax
+
+from espcn_jax import subpixel
+from espcn_jax.cli import print_json, run
+from espcn_jax.layers import FastConvTranspose
+from espcn_jax.ops import check_scale, pixel_shuffle
+from espcn_jax.timing import time_fn
+
+flags.DEFINE_list("scales", ["2", "3", "4"], "Upsampling factors r (transposed-conv strides).")
+flags.DEFINE_string("lr_size", "360x640", "LR input size HxW (640x360 landscape by default).")
+flags.DEFINE_integer("batch", 1, "Images per call (N).", lower_bound=1)
+flags.DEFINE_integer("in_channels", 32, "C_in of the upsampling layer.", lower_bound=1)
+flags.DEFINE_integer("out_channels", 1, "C_out of the upsampling layer.", lower_bound=1)
+flags.DEFINE_integer("k", 3, "LR kernel size: the HR kernel is (k*r) x (k*r).", lower_bound=1)
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Activation and parameter dtype.")
+flags.DEFINE_integer("repeats", 10, "Timed calls per variant (median reported).", lower_bound=1)
+flags.DEFINE_integer("warmup", 2, "Untimed calls per variant, the first compiles.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed of the input and the parameters.")
+flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+FLAGS = flags.FLAGS
+
+SHUFFLE_SHARE_TARGET = 0.10  # the shuffle may cost at most this fraction of the LR conv before it
+SPEEDUP_FACTOR = 0.7  # FastConvTranspose must be >= 0.7 * r**2 times faster than ConvTranspose
+TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2}  # max |err| / (1 + max |reference|)
+DN = ("NHWC", "HWIO", "NHWC")
+NOTES = {
+    "conv_transpose": "flax.nnx.ConvTranspose: XLA runs it as an lhs-dilated conv over the HR grid",
+    "lax_conv_transpose": "jax.lax.conv_transpose with nnx's kernel and padding, plus the bias",
+    "fast_conv_transpose": "espcn_jax.layers.FastConvTranspose, parameters copied from nnx",
+    "zero_insertion": "espcn_jax.subpixel.zero_insertion_conv: zeros materialised, stride-1 conv",
+    "resize_conv": "nearest jax.image.resize to HR, then a stride-1 SAME HR conv with the same "
+    "(k*r)^2 kernel: a different function (not compared with ConvTranspose); its max_abs_err is "
+    "against np.repeat upsampling + the same conv",
+    "lr_conv": "the LR conv inside the fast path alone (kernel from subpixel.zero_insertion_to_lr)",
+    "pixel_shuffle": "espcn_jax.ops.pixel_shuffle alone on the LR conv's output",
+    "shuffle_share": "pixel_shuffle_ms / lr_conv_ms (target <= 0.10)",
+    "speedup": "conv_transpose_ms / fast_conv_transpose_ms (target >= 0.7 r^2)",
+    "flops": "analytic, 2 x multiply-adds as executed (dilated convs multiply the inserted zeros); "
+    "'useful' counts each weight once per LR input pixel; 'xla' from cost_analysis()",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    scales: tuple[int, ...]
+    batch: int
+    lr_height: int
+    lr_width: int
+    in_channels: int
+    out_channels: int
+    k: int
+    dtype: str
+    repeats: int
+    warmup: int
+    seed: int
+
+
+def parse_lr_size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"lr_size must be HxW with positive integers, e.g. 360x640, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def parse_scales(items: list[str]) -> tuple[int, ...]:
+    if not items:
+        raise ValueError("scales must list at least one integer >= 1, got ''")
+    scales = []
+    for item in items:
+        try:
+            scales.append(check_scale(int(item.strip()), "scales"))
+        except ValueError:
+            raise ValueError(f"scales must be integers >= 1, got {item!r}") from None
+    return tuple(scales)
+
+
+def config_from_flags() -> Config:
+    h, w = parse_lr_size(FLAGS.lr_size)
+    return Config(
+        scales=parse_scales(FLAGS.scales),
+        batch=FLAGS.batch,
+        lr_height=h,
+        lr_width=w,
+        in_channels=FLAGS.in_channels,
+        out_channels=FLAGS.out_channels,
+        k=FLAGS.k,
+        dtype=FLAGS.dtype,
+        repeats=FLAGS.repeats,
+        warmup=FLAGS.warmup,
+        seed=FLAGS.seed,
+    )
+
+
+def jit_module(module: nnx.Module):
+    """``(state, x) -> module(x)`` jitted once: split outside, merge inside (no nnx.jit)."""
+    graphdef, state = nnx.split(module)
+    fn = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    return fn, state
+
+
+def xla_flops(fn, *args) -> float | None:
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def max_abs_err(a, b) -> float:
+    return float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+
+
+def build(cfg: Config, r: int):
+    """Jitted variants with their arguments, sharing one input and one set of parameters."""
+    dtype = jnp.dtype(cfg.dtype)
+    size = cfg.k * r
+    key_x, key_b = jax.random.split(jax.random.key(cfg.seed + r))
+    x = jax.random.normal(key_x, (cfg.batch, cfg.lr_height, cfg.lr_width, cfg.in_channels), dtype)
+    layer_args = dict(
+        in_features=cfg.in_channels,
+        out_features=cfg.out_channels,
+        kernel_size=(size, size),
+        strides=(r, r),
+        padding="SAME",
+        dtype=dtype,
+        param_dtype=dtype,
+    )
+    ct = nnx.ConvTranspose(**layer_args, rngs=nnx.Rngs(cfg.seed))
+    ct.bias[...] = 0.1 * jax.random.normal(key_b, ct.bias.shape, dtype)  # a bias that shows
+    fast = FastConvTranspose(**layer_args, rngs=nnx.Rngs(cfg.seed + 1))
+    nnx.update(fast, nnx.state(ct, nnx.Param))  # same names and shapes: weights copy across
+    kernel, bias = ct.kernel[...], ct.bias[...]
+
+    ct_fn, ct_state = jit_module(ct)
+    fast_fn, fast_state = jit_module(fast)
+    hr_plan, _ = subpixel.plan((size, size), r, "SAME")
+    kernel_lr = subpixel.zero_insertion_to_lr(kernel, r, "SAME", "tf")
+
+    @jax.jit
+    def lax_ct(x, kernel, bias):
+        return lax.conv_transpose(x, kernel, (r, r), "SAME", dimension_numbers=DN) + bias
+
+    @jax.jit
+    def zero_insertion(x, kernel, bias):
+        return subpixel.zero_insertion_conv(x, kernel, (r, r), "SAME") + bias
+
+    def hr_conv(x_hr, kernel, bias):
+        return lax.conv_general_dilated(x_hr, kernel, (1, 1), "SAME", dimension_numbers=DN) + bias
+
+    @jax.jit
+    def resize_conv(x, kernel, bias):
+        n, h, w, c = x.shape
+        return hr_conv(jax.image.resize(x, (n, h * r, w * r, c), "nearest"), kernel, bias)
+
+    @jax.jit
+    def lr_conv(x, kernel_lr):
+        pads = (hr_plan.lr_padding,) * 2
+        return lax.conv_general_dilated(x, kernel_lr, (1, 1), pads, dimension_numbers=DN)
+
+    shuffle = jax.jit(lambda z: pixel_shuffle(z, r, "tf"))
+    z = lr_conv(x, kernel_lr)
+    variants = {
+        "conv_transpose": (ct_fn, (ct_state, x)),
+        "lax_conv_transpose": (lax_ct, (x, kernel, bias)),
+        "fast_conv_transpose": (fast_fn, (fast_state, x)),
+        "zero_insertion": (zero_insertion, (x, kernel, bias)),
+        "resize_conv": (resize_conv, (x, kernel, bias)),
+        "lr_conv": (lr_conv, (x, kernel_lr)),
+        "pixel_shuffle": (shuffle, (z,)),
+    }
+    reference = ct_fn(ct_state, x)
+    hr_out = reference.shape[1:3]
+    errors = {
+        name: max_abs_err(variants[name][0](*variants[name][1]), reference)
+        for name in ("lax_conv_transpose", "fast_conv_transpose", "zero_insertion")
+    }
+    # LR conv then shuffle, cropped to the transposed conv's size (a no-op for SAME) + bias.
+    lr_shuffled = shuffle(z)[:, : hr_out[0], : hr_out[1]] + bias
+    errors["lr_conv_shuffle"] = max_abs_err(lr_shuffled, reference)
+    repeated = np.repeat(np.repeat(np.asarray(x), r, axis=1), r, axis=2)
+    errors["resize_conv_vs_repeat_conv"] = max_abs_err(
+        resize_conv(x, kernel, bias), jax.jit(hr_conv)(jnp.asarray(repeated), kernel, bias)
+    )
+    scale = 1.0 + float(jnp.max(jnp.abs(reference.astype(jnp.float32))))
+    bad = {k: v for k, v in errors.items() if not v <= TOLERANCE[cfg.dtype] * scale}
+    if bad:
+        sys.exit(f"error: r={r}: variants disagree with nnx.ConvTranspose beyond tolerance: {bad}")
+    return variants, errors, hr_plan.taps
+
+
+def analytic_flops(cfg: Config, r: int, taps: int) -> dict[str, int]:
+    """2 x multiply-adds per call as each variant executes them (no bias adds, no shuffles)."""
+    n, h, w = cfg.batch, cfg.lr_height, cfg.lr_width
+    cc = cfg.in_channels * cfg.out_channels
+    size = cfg.k * r
+    hr_conv = 2 * n * (h * r) * (w * r) * size * size * cc  # dilated/HR grid, every tap
+    lr_conv = 2 * n * h * w * taps * taps * cc * r * r
+    return {
+        "useful": 2 * n * h * w * size * size * cc,
+        "conv_transpose": hr_conv,
+        "zero_insertion": hr_conv,
+        "fast_conv_transpose": lr_conv,
+        "resize_conv": hr_conv,
+        "lr_conv": lr_conv,
+    }
+
+
+def bench_scale(cfg: Config, r: int) -> dict:
+    variants, errors, taps = build(cfg, r)
+    stats = {
+        name: time_fn(fn, *args, warmup=cfg.warmup, repeats=cfg.repeats)
+        for name, (fn, args) in variants.items()
+    }
+    ms = {name: s["median_ms"] for name, s in stats.items()}
+    speedup = ms["conv_transpose"] / ms["fast_conv_transpose"]
+    shuffle_share = ms["pixel_shuffle"] / ms["lr_conv"]
+    flops = analytic_flops(cfg, r, taps)
+    flops["xla"] = {name: xla_flops(fn, *args) for name, (fn, args) in variants.items()}
+    return {
+        "r": r,
+        "kernel_size": cfg.k * r,
+        "lr_taps": taps,
+        **{f"{name}_ms": value for name, value in ms.items()},
+        "shuffle_share": shuffle_share,
+        "shuffle_meets_target": shuffle_share <= SHUFFLE_SHARE_TARGET,
+        "fast_overhead_share": (ms["fast_conv_transpose"] - ms["lr_conv"]) / ms["lr_conv"],
+        "speedup": speedup,
+        "speedup_target": SPEEDUP_FACTOR * r * r,
+        "meets_target": speedup >= SPEEDUP_FACTOR * r * r,
+        "max_abs_err": errors,
+        "flops": flops,
+        "p25_p75_ms": {name: [s["p25_ms"], s["p75_ms"]] for name, s in stats.items()},
+    }
+
+
+def device_info() -> dict:
+    dev = jax.devices()[0]
+    return {
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "jax": jax.__version__,
+    }
+
+
+def print_table(report: dict) -> None:
+    cfg = report["config"]
+    print(
+        f"device {report['device']['device_kind']} ({report['device']['platform']}), "
+        f"N={cfg['batch']} LR {cfg['lr_height']}x{cfg['lr_width']}, "
+        f"{cfg['in_channels']}->{cfg['out_channels']} channels, k={cfg['k']}, {cfg['dtype']}, "
+        f"median of {cfg['repeats']} (ms)"
+    )
+    cols = [
+        ("conv_transpose_ms", "convT"),
+        ("lax_conv_transpose_ms", "lax.convT"),
+        ("fast_conv_transpose_ms", "fast"),
+        ("zero_insertion_ms", "zero-ins"),
+        ("resize_conv_ms", "resize+conv"),
+        ("lr_conv_ms", "LR conv"),
+        ("pixel_shuffle_ms", "shuffle"),
+    ]
+    print(" r  K " + "".join(f"{title:>12}" for _, title in cols) + "  speedup (target)  shuffle%")
+    for row in report["results"]:
+        cells = "".join(f"{row[key]:12.2f}" for key, _ in cols)
+        mark = "ok" if row["meets_target"] else "MISS"
+        print(
+            f"{row['r']:2d} {row['kernel_size']:2d} {cells}  {row['speedup']:6.2f} "
+            f"({row['speedup_target']:.1f}) {mark:4s}  {100 * row['shuffle_share']:6.1f}"
+        )
+    print("resize+conv is a different function of the same shape (not checked against convT).")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise ValueError(f"unexpected positional arguments: {argv[1:]}")
+    cfg = config_from_flags()
+    report = {
+        "device": device_info(),
+        "config": dataclasses.asdict(cfg),
+        "notes": NOTES,
+        "results": [bench_scale(cfg, r) for r in cfg.scales],
+    }
+    if FLAGS.json:
+        print_json(report)
+    else:
+        print_table(report)
+
+
+if __name__ == "__main__":
+    run(main)
