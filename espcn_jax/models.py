@@ -33,6 +33,7 @@ from flax import nnx
 from jax import lax
 
 from espcn_jax import bicubic, icnr, ops, subpixel, tied
+from espcn_jax.layers import FastConvTranspose
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
@@ -258,8 +259,6 @@ class DeconvNet(nnx.Module):
     """FSRCNN style: LR convs, then a stride-``r`` transposed conv run in LR space."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        from espcn_jax.layers import FastConvTranspose
-
         _expect(config, "deconv")
         self.config = config
         r, k = config.scale, config.kernel_sizes[-1]
@@ -272,6 +271,7 @@ class DeconvNet(nnx.Module):
             (k, k),
             (r, r),
             padding="SAME",
+            order=config.order,
             dtype=config.dtype,
             param_dtype=config.param_dtype,
             rngs=rngs,
@@ -386,6 +386,5 @@ def deconv_to_lr(model: DeconvNet) -> LRNet:
     kernel_lr = subpixel.zero_insertion_to_lr(model.deconv.kernel[...], r, "SAME", cfg.order)
     bias_lr = tied.tie_bias(model.deconv.bias[...], r, cfg.order)  # the same per-phase layout
     nnx.update(lr_net.convs, state)
-    lr_net.convs[-1].kernel.value = kernel_lr
-    lr_net.convs[-1].bias.value = bias_lr
+    nnx.update(lr_net.convs[-1], {"kernel": kernel_lr, "bias": bias_lr})
     return lr_net

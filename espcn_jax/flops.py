@@ -1,0 +1,293 @@
+"""Cost of a network per LR image: FLOPs, parameters, XLA's own count and latency.
+
+FLOPs are counted per image of a stated LR size ``(h, w)``, per layer, three ways:
+
+- ``flops`` (*useful*): 2 x the multiply-adds whose input is a real sample (not padding, not an
+  inserted zero) and whose weight is a real parameter (not a structural zero of a re-indexed
+  kernel), plus 1 per bias add and per residual add, plus the activation's elementwise cost. This is
+  the cost of the maths, whatever runs it, and what the solver matches.
+- ``flops_xla``: what XLA's cost model (``compiled.cost_analysis()["flops"]``) counts for the graph
+  as lowered: for a convolution, 2 x the multiply-adds on taps that land on a real input sample —
+  padding and ``lhs_dilation`` holes are skipped, but zero *weights* are counted. It differs from
+  ``flops`` only where a layer runs a re-indexed kernel with structural zeros (``deconv`` with
+  ``K`` not giving whole LR taps, and every ``lr_tied`` layer). Tested equal to XLA's figure.
+- ``flops_executed``: the dense work of the op as run, every tap of every output (padding and
+  structural zeros included). ``flops_executed_naive`` adds, for the transposed conv, what
+  ``lax.conv_transpose`` / ``nnx.ConvTranspose`` would execute on the zero-inserted grid (≈ r²x).
+
+What else is counted: the bicubic resize as :func:`bicubic.upscale_flops` (its executed 5-tap
+filters, identical in all three columns); the shuffle is a permutation (0). Activations cost what
+XLA counts for the lowered elementwise ops, in ``ACTIVATION_COST`` (FLOPs, transcendentals) per
+element: ``tanh`` is 1 transcendental and 0 FLOPs, ``relu`` 1 FLOP (a max), ``silu`` 4 + 1, ...
+Costs are for float32 computation: with ``dtype="bfloat16"`` XLA adds 1 FLOP per converted element.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from espcn_jax import bicubic, subpixel, tied, timing
+from espcn_jax.models import ACTIVATIONS, ModelConfig
+
+# (FLOPs, transcendentals) per element, as XLA's HloCostAnalysis counts the lowered jax.nn ops.
+ACTIVATION_COST: dict[str, tuple[int, int]] = {
+    "tanh": (0, 1),
+    "relu": (1, 0),
+    "leaky_relu": (3, 0),
+    "elu": (3, 1),
+    "sigmoid": (3, 1),
+    "silu": (4, 1),
+    "gelu": (8, 1),
+    "identity": (0, 0),
+}
+assert set(ACTIVATION_COST) == set(ACTIVATIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+    """One op of the forward pass on one image. FLOP columns as in the module docstring."""
+
+    name: str  # "conv0", "deconv", "bicubic", "shuffle", "residual", ...
+    op: str  # what runs, e.g. "conv 5x5 1->64 on 360x640"
+    params: int
+    flops: int
+    flops_xla: int
+    flops_executed: int
+    transcendentals: int = 0
+    flops_executed_naive: int | None = None  # the transposed conv run as lax.conv_transpose
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCost:
+    """Per-layer and total cost of ``config`` on one LR image of ``lr_size = (h, w)``."""
+
+    config: ModelConfig
+    lr_size: tuple[int, int]
+    layers: tuple[LayerCost, ...]
+
+    def total(self, field: str) -> int:
+        return sum(getattr(layer, field) or 0 for layer in self.layers)
+
+    @property
+    def flops(self) -> int:
+        return self.total("flops")
+
+    @property
+    def flops_xla(self) -> int:
+        return self.total("flops_xla")
+
+    @property
+    def flops_executed(self) -> int:
+        return self.total("flops_executed")
+
+    @property
+    def params(self) -> int:
+        return self.total("params")
+
+    @property
+    def transcendentals(self) -> int:
+        return self.total("transcendentals")
+
+    @property
+    def output_pixels(self) -> int:
+        r = self.config.scale
+        return self.lr_size[0] * r * self.lr_size[1] * r
+
+    def as_dict(self) -> dict:
+        """JSON-ready totals, per-output-pixel figures and the per-layer breakdown."""
+        return {
+            "lr_size": list(self.lr_size),
+            "flops": self.flops,
+            "flops_xla_model": self.flops_xla,
+            "flops_executed": self.flops_executed,
+            "transcendentals": self.transcendentals,
+            "params": self.params,
+            "flops_per_output_pixel": self.flops / self.output_pixels,
+            "layers": [
+                {k: v for k, v in dataclasses.asdict(layer).items() if v is not None}
+                for layer in self.layers
+            ],
+        }
+
+
+def parse_size(text: str, name: str = "lr_size") -> tuple[int, int]:
+    """``"360x640"`` -> ``(360, 640)`` (height x width, positive integers)."""
+    parts = str(text).lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"{name} must be HxW with positive integers, e.g. 360x640, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def check_lr_size(lr_size) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in lr_size)
+        ok = (h, w) == tuple(lr_size) and h >= 1 and w >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"lr_size must be two integers (h, w) >= 1, got {lr_size!r}")
+    return h, w
+
+
+@functools.lru_cache(maxsize=4096)
+def _tap_counts(n: int, k: int, pads: tuple[int, int], dilation: int = 1) -> tuple[np.ndarray, int]:
+    """Per kernel tap, how many outputs read a real sample along one axis; and the output length.
+
+    The input of length ``n`` is dilated by ``dilation`` (holes between samples), padded by
+    ``pads = (lo, hi)`` and correlated with ``k`` taps at stride 1: output ``o``, tap ``t`` reads
+    dilated position ``o - lo + t``, real iff inside ``[0, (n-1)*dilation]`` and on a sample.
+    """
+    lo, hi = pads
+    n_dilated = (n - 1) * dilation + 1
+    n_out = n_dilated + lo + hi - k + 1
+    p = np.arange(n_out)[:, None] - lo + np.arange(k)[None, :]
+    real = (p >= 0) & (p < n_dilated) & (p % dilation == 0)
+    counts = real.sum(axis=0)
+    counts.flags.writeable = False
+    return counts, n_out
+
+
+def _same_pads(k: int) -> tuple[int, int]:
+    """``lax`` "SAME" pads of a stride-1 correlation."""
+    return (k - 1) // 2, k - 1 - (k - 1) // 2
+
+
+def _real_taps(size: tuple[int, int], kernel: tuple[int, int], pads, dilation: int = 1):
+    """``(taps_h, taps_w)`` real-sample counts per tap, and the output size."""
+    (ch, oh), (cw, ow) = (
+        _tap_counts(n, k, tuple(p), dilation) for n, k, p in zip(size, kernel, pads, strict=True)
+    )
+    return np.outer(ch, cw), (oh, ow)
+
+
+def _act(name: str, elements: int, act: str) -> LayerCost:
+    f, t = ACTIVATION_COST[act]
+    n = elements
+    return LayerCost(name, f"{act} on {n} elements", 0, f * n, f * n, f * n, t * n)
+
+
+def _conv(name: str, size, k: int, cin: int, cout: int, pads, where: str) -> LayerCost:
+    """A dense stride-1 conv with bias: useful == XLA's count; executed counts padding taps too."""
+    taps, (oh, ow) = _real_taps(size, (k, k), pads)
+    useful = 2 * int(taps.sum()) * cin * cout + oh * ow * cout
+    executed = 2 * oh * ow * k * k * cin * cout + oh * ow * cout
+    op = f"conv {k}x{k} {cin}->{cout} on {where} {size[0]}x{size[1]}"
+    return LayerCost(name, op, k * k * cin * cout + cout, useful, useful, executed)
+
+
+def _deconv(size, k: int, cin: int, cout: int, r: int) -> LayerCost:
+    """Stride-``r`` transposed conv ("SAME"), run by FastConvTranspose as LR conv + shuffle."""
+    plans = subpixel.plan((k, k), r, "SAME")
+    pads = [p.padding for p in plans]
+    taps_z, (oh, ow) = _real_taps(size, (k, k), pads, dilation=r)
+    bias = oh * ow * cout
+    useful = 2 * int(taps_z.sum()) * cin * cout + bias
+    naive = 2 * oh * ow * k * k * cin * cout + bias
+    t_h, t_w = plans[0].taps, plans[1].taps
+    taps_lr, (lh, lw) = _real_taps(size, (t_h, t_w), [p.lr_padding for p in plans])
+    xla = 2 * int(taps_lr.sum()) * cin * cout * r * r + bias
+    executed = 2 * lh * lw * t_h * t_w * cin * cout * r * r + bias
+    op = f"conv_transpose {k}x{k}/{r} {cin}->{cout} as LR conv {t_h}x{t_w} {cin}->{cout * r * r}"
+    params = k * k * cin * cout + cout
+    return LayerCost("deconv", op, params, useful, xla, executed, flops_executed_naive=naive)
+
+
+def _tied(name: str, size, k: int, cin: int, cout: int, r: int) -> LayerCost:
+    """An HR conv run as its tied LR image: the useful count is the HR conv's."""
+    hr = _conv(name, (size[0] * r, size[1] * r), k, cin, cout, (_same_pads(k),) * 2, "HR")
+    lo = _same_pads(k)[0]
+    t, u_min = tied.lr_taps(k, r, lo)
+    taps_lr, (lh, lw) = _real_taps(size, (t, t), ((-u_min, t - 1 + u_min),) * 2)
+    c_in, c_out = cin * r * r, cout * r * r
+    bias = lh * lw * c_out
+    xla = 2 * int(taps_lr.sum()) * c_in * c_out + bias
+    executed = 2 * lh * lw * t * t * c_in * c_out + bias
+    op = f"tied conv {t}x{t} {c_in}->{c_out} on LR {size[0]}x{size[1]} (HR {k}x{k} {cin}->{cout})"
+    return dataclasses.replace(hr, op=op, flops_xla=xla, flops_executed=executed)
+
+
+def _fixed(name: str, op: str, flops: int) -> LayerCost:
+    return LayerCost(name, op, 0, flops, flops, flops)
+
+
+def model_cost(config: ModelConfig, lr_size) -> ModelCost:
+    """Analytic per-layer cost of ``config`` on one LR image of ``lr_size = (h, w)``."""
+    h, w = check_lr_size(lr_size)
+    r, c, fam, act = config.scale, config.channels, config.family, config.activation
+    hr = (h * r, w * r)
+    layers: list[LayerCost] = []
+    if fam in ("hr", "lr_tied") or config.residual:
+        kind = "upscale_phases" if fam == "lr_tied" else "upscale"
+        layers.append(_fixed("bicubic", f"bicubic.{kind} x{r}", bicubic.upscale_flops(h, w, c, r)))
+    channels, kernels = config.layer_channels(), config.kernel_sizes
+    for i, ((cin, cout), k) in enumerate(zip(channels, kernels, strict=True)):
+        last = i == config.depth - 1
+        if fam == "hr":
+            layers.append(_conv(f"conv{i}", hr, k, cin, cout, (_same_pads(k),) * 2, "HR"))
+        elif fam == "lr_tied":
+            layers.append(_tied(f"conv{i}", (h, w), k, cin, cout, r))
+        elif fam == "deconv" and last:
+            layers.append(_deconv((h, w), k, cin, cout, r))
+        else:
+            pads = config.upsample_padding if last else "SAME"
+            pads = (_same_pads(k),) * 2 if pads == "SAME" else pads
+            layers.append(_conv(f"conv{i}", (h, w), k, cin, cout, pads, "LR"))
+        if not last:
+            grid = hr if fam == "hr" else (h, w)
+            per_image = grid[0] * grid[1] * cout * (r * r if fam == "lr_tied" else 1)
+            layers.append(_act(f"act{i}", per_image, act))
+    if fam in ("lr", "lr_tied"):
+        layers.append(_fixed("shuffle", f"pixel_shuffle x{r} (a permutation)", 0))
+    if config.residual:
+        layers.append(_fixed("residual", "add bicubic upscale", hr[0] * hr[1] * c))
+    return ModelCost(config, (h, w), tuple(layers))
+
+
+def count_params(model: nnx.Module) -> int:
+    """Sum of the sizes of ``model``'s ``nnx.Param`` arrays."""
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _forward(model: nnx.Module):
+    """``(jitted f(state, x), state)``: the forward pass as a pure function of the parameters."""
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)), state
+
+
+def xla_cost(model: nnx.Module, lr_shape) -> dict[str, float]:
+    """XLA's ``flops`` and ``transcendentals`` for one forward pass on an ``lr_shape`` input.
+
+    ``compile().cost_analysis()`` returns a dict in jax 0.10 (a list of per-module dicts in older
+    versions; both are handled). The parameters are traced arguments, as in training.
+    """
+    fwd, state = _forward(model)
+    x = jax.ShapeDtypeStruct(tuple(lr_shape), jnp.float32)
+    cost = fwd.lower(state, x).compile().cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = {k: sum(c.get(k, 0.0) for c in cost) for k in ("flops", "transcendentals")}
+    return {k: float(cost.get(k, 0.0)) for k in ("flops", "transcendentals")}
+
+
+def measure_latency(
+    model: nnx.Module,
+    lr_shape,
+    *,
+    warmup: int = 2,
+    repeats: int = 10,
+    min_time_s: float = 0.0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Forward-pass latency on the default device (``timing.time_fn``: warm-up, median of N).
+
+    The model is split once and ``jax.jit`` merges it inside (STYLE.md: not ``nnx.jit``); the input
+    is standard-normal float32 of ``lr_shape = (N, h, w, C)``. Milliseconds.
+    """
+    fwd, state = _forward(model)
+    x = jax.random.normal(jax.random.key(seed), tuple(lr_shape), jnp.float32)
+    return timing.time_fn(fwd, state, x, warmup=warmup, repeats=repeats, min_time_s=min_time_s)
