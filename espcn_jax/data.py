@@ -137,7 +137,7 @@ def find_pairs(directory: str | os.PathLike) -> list[tuple[Path, Path]]:
         raise ValueError(f"no *_HR / *_LR image pairs in {directory}")
     for parts in found.values():
         if len(parts) != 2:
-            (kind, path), = parts.items()
+            ((kind, path),) = parts.items()
             raise ValueError(f"{path} has no matching {'LR' if kind == 'HR' else 'HR'} image")
     return [(found[s]["HR"], found[s]["LR"]) for s in sorted(found)]
 

@@ -101,4 +101,3 @@ def prepare(data_dir: str | os.PathLike) -> SkimagePhotos:
             download_config=tfds.download.DownloadConfig(try_download_gcs=False)
         )
     return builder
-

@@ -1,0 +1,220 @@
+"""Training batches: aligned random LR/HR patches, a pure function of (seed, step), fed to devices.
+
+LR is made once per image, as the evaluation protocol makes it (DESIGN.md §3): HR mod-cropped to a
+multiple of ``r``, MATLAB bicubic downscale on uint8 (:func:`degrade`). Patches are then cut *aligned*: LR
+patch ``lr[i:i+p, j:j+p]`` goes with HR patch ``hr[r*i : r*(i+p), r*j : r*(j+p)]``. Cropping the
+downscaled image (rather than downscaling a crop) gives the network the LR pixels it will see at
+test time: a downscaled crop differs at its borders, where the bicubic filter (``4r`` HR taps) would
+read mirrored pixels instead of the image's own.
+
+Each batch element is a dihedral transform ``t`` in ``0..7`` (``t % 4`` quarter turns, then a
+left-right flip if ``t >= 4``) applied to both patches; it keeps them aligned, since each LR pixel
+maps to one ``r x r`` HR block. Patches are drawn uniformly over every valid LR position of every
+image (large images give more patches). Values: float32 in ``[0, 1]`` (uint8 / 255), channels Y
+(MATLAB ``rgb2ycbcr`` on uint8, rounded) or RGB.
+
+Determinism: the batch for step ``s`` depends only on ``(seed, s)`` (a NumPy ``SeedSequence([seed,
+s])``), so a run resumed at step ``s`` sees the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Iterator
+
+import jax
+import numpy as np
+
+from espcn_jax import bicubic, metrics, ops
+from espcn_jax.data import Source, import_tf
+
+COLORS = ("y", "rgb")
+NUM_TRANSFORMS = 8
+
+
+def rgb_to_y(rgb_HWC: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``(H, W, 3)`` -> uint8 Y ``(H, W, 1)`` by :func:`metrics.rgb_to_y` (MATLAB's)."""
+    return np.asarray(metrics.rgb_to_y(rgb_HWC)).astype(np.uint8)[..., None]
+
+
+def mod_crop(image_HWC: np.ndarray, r: int) -> np.ndarray:
+    """The top-left ``(H - H % r, W - W % r)`` part, as MATLAB ``modcrop``."""
+    h, w = image_HWC.shape[:2]
+    return image_HWC[: h - h % r, : w - w % r]
+
+
+def degrade(hr_HWC: np.ndarray, r: int) -> np.ndarray:
+    """The protocol's LR image, MATLAB's ``imresize(modcrop(hr, r), 1/r, 'bicubic')`` on uint8.
+
+    ``round_passes=True`` rounds after each 1-D pass as MATLAB does on uint8 input, so this
+    reproduces the Set5 benchmark's LR images bit for bit.
+    """
+    lr = bicubic.downscale(mod_crop(hr_HWC, r)[None], r, round_passes=True)[0]
+    return np.asarray(lr).astype(np.uint8)
+
+
+def dihedral(x_HWC: np.ndarray, t: int) -> np.ndarray:
+    """The dihedral transform ``t`` (``0..7``): ``t % 4`` counter-clockwise quarter turns, then a
+    left-right flip if ``t >= 4``."""
+    x = np.rot90(x_HWC, k=t % 4, axes=(0, 1))
+    return x[:, ::-1] if t >= 4 else x
+
+
+class PatchSampler:
+    """Batches of aligned LR/HR patches from a :class:`Source`, a pure function of ``(seed, step)``.
+
+    ``patch`` is the LR patch side; HR patches are ``scale * patch``. Given LR images (HR/LR pairs)
+    are used as they are and must be ``1/scale`` of the mod-cropped HR; otherwise LR is made with
+    :func:`degrade`. Holds all images in memory (uint8, one or three channels).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        scale: int,
+        patch: int,
+        batch_size: int,
+        seed: int,
+        color: str = "y",
+        augment: bool = True,
+    ):
+        self.scale = ops.check_scale(scale, "scale")
+        self.patch = ops.check_scale(patch, "patch")
+        self.batch_size = ops.check_scale(batch_size, "batch_size")
+        self.seed = _check_seed(seed)
+        if color not in COLORS:
+            raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+        self.color, self.augment = color, bool(augment)
+        self.names = source.names
+        r, p = self.scale, self.patch
+        self.hr, self.lr = [], []
+        for k, (name, image) in enumerate(zip(source.names, source.hr, strict=True)):
+            if min(image.shape[0] // r, image.shape[1] // r) < p:
+                raise ValueError(
+                    f"image {name} ({image.shape[1]}x{image.shape[0]}) is smaller than the HR "
+                    f"patch {r * p}x{r * p} (LR patch {p}, scale {r})"
+                )
+            hr = mod_crop(image, r)
+            lr = degrade(hr, r) if source.lr is None else source.lr[k]
+            if lr.shape[:2] != (hr.shape[0] // r, hr.shape[1] // r):
+                raise ValueError(
+                    f"LR image of {name} is {lr.shape[1]}x{lr.shape[0]}, expected 1/{r} "
+                    f"of its HR image ({hr.shape[1]}x{hr.shape[0]} after mod-crop)"
+                )
+            if color == "y":
+                hr, lr = rgb_to_y(hr), rgb_to_y(lr)
+            self.hr.append(np.ascontiguousarray(hr))
+            self.lr.append(np.ascontiguousarray(lr))
+        positions = [(h - p + 1) * (w - p + 1) for h, w, _ in map(np.shape, self.lr)]
+        self._cum_positions = np.cumsum(positions)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "y" else 3
+
+    def locate(self, step: int) -> np.ndarray:
+        """``(batch_size, 4)`` int64 rows ``(image, i, j, t)``: LR patch corner and transform.
+
+        Drawn from ``SeedSequence([seed, step])`` with ``Generator.random`` only (a stream NumPy
+        keeps stable across versions), mapped to integers by floor and search.
+        """
+        step = _check_seed(step, "step")
+        u = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, step])))
+        u = u.random((self.batch_size, 4))
+        total = self._cum_positions[-1]
+        position = _floor_below(u[:, 0], total)
+        image = np.searchsorted(self._cum_positions, position, side="right")
+        sizes = np.array([lr.shape[:2] for lr in self.lr])[image] - self.patch + 1  # (B, 2)
+        i, j = _floor_below(u[:, 1], sizes[:, 0]), _floor_below(u[:, 2], sizes[:, 1])
+        t = _floor_below(u[:, 3], NUM_TRANSFORMS) if self.augment else np.zeros_like(i)
+        return np.stack([image, i, j, t], axis=1).astype(np.int64)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """``{"lr": (B, p, p, C), "hr": (B, r*p, r*p, C)}`` float32 in ``[0, 1]`` for ``step``."""
+        p, r = self.patch, self.scale
+        lr_BHWC = np.empty((self.batch_size, p, p, self.channels), np.float32)
+        hr_BHWC = np.empty((self.batch_size, r * p, r * p, self.channels), np.float32)
+        for b, (k, i, j, t) in enumerate(self.locate(step)):
+            lr_BHWC[b] = dihedral(self.lr[k][i : i + p, j : j + p], t)
+            hr_BHWC[b] = dihedral(self.hr[k][r * i : r * (i + p), r * j : r * (j + p)], t)
+        lr_BHWC *= 1.0 / 255.0
+        hr_BHWC *= 1.0 / 255.0
+        return {"lr": lr_BHWC, "hr": hr_BHWC}
+
+
+def _floor_below(u: np.ndarray, n) -> np.ndarray:
+    """``floor(u * n)`` for ``u`` in ``[0, 1)``, clipped to ``n - 1`` (the product may round up)."""
+    return np.minimum(np.floor(u * n), np.asarray(n) - 1).astype(np.int64)
+
+
+def _check_seed(value, name: str = "seed") -> int:
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}") from None
+    if v != value or v < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return v
+
+
+def tf_dataset(sampler: PatchSampler, *, start_step: int = 0, num_steps: int | None = None):
+    """A ``tf.data.Dataset`` of the batches for steps ``start_step, start_step + 1, ...``.
+
+    Batches are made by ``sampler.batch`` on tf.data's thread pool (``deterministic=True`` keeps
+    step order) and prefetched; endless when ``num_steps`` is None. TensorFlow sees no accelerator.
+    """
+    tf = import_tf()
+    start_step = _check_seed(start_step, "start_step")
+    if num_steps is None:
+        steps = tf.data.Dataset.counter(start_step)
+    else:
+        steps = tf.data.Dataset.range(start_step, start_step + _check_seed(num_steps, "num_steps"))
+    p, r, c, b = sampler.patch, sampler.scale, sampler.channels, sampler.batch_size
+
+    def make(step):
+        lr, hr = tf.numpy_function(
+            lambda s: _lr_hr(sampler.batch(int(s))), [step], (tf.float32, tf.float32)
+        )
+        lr = tf.ensure_shape(lr, (b, p, p, c))
+        return {"lr": lr, "hr": tf.ensure_shape(hr, (b, r * p, r * p, c))}
+
+    ds = steps.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _lr_hr(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return batch["lr"], batch["hr"]
+
+
+def prefetch_to_device(
+    batches: Iterable[dict[str, np.ndarray]],
+    size: int = 2,
+    sharding: jax.sharding.Sharding | None = None,
+) -> Iterator[dict[str, jax.Array]]:
+    """Keeps ``size`` batches already transferred (``jax.device_put`` is asynchronous) ahead of use.
+
+    ``sharding``: e.g. ``NamedSharding(mesh, P("data"))`` to split the batch axis over a mesh's
+    ``data`` axis; None puts batches on the default device.
+    """
+    size = ops.check_scale(size, "size")
+    queue: collections.deque = collections.deque()
+    for batch in batches:
+        queue.append(jax.device_put(batch, sharding))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def device_batches(
+    sampler: PatchSampler,
+    *,
+    start_step: int = 0,
+    num_steps: int | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+    prefetch: int = 2,
+) -> Iterator[dict[str, jax.Array]]:
+    """Batches for steps ``start_step, ...`` on device: :func:`tf_dataset`, prefetched."""
+    ds = tf_dataset(sampler, start_step=start_step, num_steps=num_steps)
+    return prefetch_to_device(ds.as_numpy_iterator(), prefetch, sharding)
