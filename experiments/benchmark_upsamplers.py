@@ -10,7 +10,7 @@ jitted, checked against ``nnx.ConvTranspose`` before it is timed, and timed with
 ``espcn_jax.timing.time_fn``.
 
     python experiments/benchmark_upsamplers.py --json
-    python experiments/benchmark_upsamplers.py --scales=3 --lr_size=180x320 --repeats=5
+    python experiments/benchmark_upsamplers.py --scales=3 --lr_size=180x320 --rounds=1
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import statistics
 import sys
 
 import jax
@@ -40,8 +41,13 @@ flags.DEFINE_integer("in_channels", 32, "C_in of the upsampling layer.", lower_b
 flags.DEFINE_integer("out_channels", 1, "C_out of the upsampling layer.", lower_bound=1)
 flags.DEFINE_integer("k", 3, "LR kernel size: the HR kernel is (k*r) x (k*r).", lower_bound=1)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Activation and parameter dtype.")
-flags.DEFINE_integer("repeats", 10, "Timed calls per variant (median reported).", lower_bound=1)
-flags.DEFINE_integer("warmup", 2, "Untimed calls per variant, the first compiles.", lower_bound=1)
+flags.DEFINE_integer("repeats", 3, "Timed calls per variant and round.", lower_bound=1)
+flags.DEFINE_integer(
+    "rounds", 3, "Rounds over all variants (interleaved against load drift).", lower_bound=1
+)
+flags.DEFINE_integer(
+    "warmup", 2, "Untimed calls per variant before round 1 (1 later).", lower_bound=1
+)
 flags.DEFINE_integer("seed", 0, "Seed of the input and the parameters.")
 flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
 FLAGS = flags.FLAGS
@@ -62,6 +68,8 @@ NOTES = {
     "pixel_shuffle": "espcn_jax.ops.pixel_shuffle alone on the LR conv's output",
     "shuffle_share": "pixel_shuffle_ms / lr_conv_ms (target <= 0.10)",
     "speedup": "conv_transpose_ms / fast_conv_transpose_ms (target >= 0.7 r^2)",
+    "round_medians_ms": "each variant's median per round; *_ms is the median of these",
+    "load_average_1min": "host load before/after timing this r: above cpu_count means contention",
     "flops": "analytic, 2 x multiply-adds as executed (dilated convs multiply the inserted zeros); "
     "'useful' counts each weight once per LR input pixel; 'xla' from cost_analysis()",
 }
@@ -78,6 +86,7 @@ class Config:
     k: int
     dtype: str
     repeats: int
+    rounds: int
     warmup: int
     seed: int
 
@@ -113,6 +122,7 @@ def config_from_flags() -> Config:
         k=FLAGS.k,
         dtype=FLAGS.dtype,
         repeats=FLAGS.repeats,
+        rounds=FLAGS.rounds,
         warmup=FLAGS.warmup,
         seed=FLAGS.seed,
     )
@@ -230,13 +240,23 @@ def analytic_flops(cfg: Config, r: int, taps: int) -> dict[str, int]:
     }
 
 
+def time_rounds(variants: dict, cfg: Config) -> dict[str, list[float]]:
+    """Median ms of each variant in each round; rounds interleave the variants so that load from
+    other processes on a shared machine drifts over all of them alike."""
+    rounds_ms: dict[str, list[float]] = {name: [] for name in variants}
+    for i in range(cfg.rounds):
+        for name, (fn, args) in variants.items():
+            warmup = cfg.warmup if i == 0 else 1
+            stats = time_fn(fn, *args, warmup=warmup, repeats=cfg.repeats)
+            rounds_ms[name].append(stats["median_ms"])
+    return rounds_ms
+
+
 def bench_scale(cfg: Config, r: int) -> dict:
     variants, errors, taps = build(cfg, r)
-    stats = {
-        name: time_fn(fn, *args, warmup=cfg.warmup, repeats=cfg.repeats)
-        for name, (fn, args) in variants.items()
-    }
-    ms = {name: s["median_ms"] for name, s in stats.items()}
+    load_before = os.getloadavg()[0]
+    rounds_ms = time_rounds(variants, cfg)
+    ms = {name: statistics.median(values) for name, values in rounds_ms.items()}
     speedup = ms["conv_transpose"] / ms["fast_conv_transpose"]
     shuffle_share = ms["pixel_shuffle"] / ms["lr_conv"]
     flops = analytic_flops(cfg, r, taps)
@@ -254,7 +274,8 @@ def bench_scale(cfg: Config, r: int) -> dict:
         "meets_target": speedup >= SPEEDUP_FACTOR * r * r,
         "max_abs_err": errors,
         "flops": flops,
-        "p25_p75_ms": {name: [s["p25_ms"], s["p75_ms"]] for name, s in stats.items()},
+        "round_medians_ms": rounds_ms,
+        "load_average_1min": [load_before, os.getloadavg()[0]],
     }
 
 
@@ -276,7 +297,7 @@ def print_table(report: dict) -> None:
         f"device {report['device']['device_kind']} ({report['device']['platform']}), "
         f"N={cfg['batch']} LR {cfg['lr_height']}x{cfg['lr_width']}, "
         f"{cfg['in_channels']}->{cfg['out_channels']} channels, k={cfg['k']}, {cfg['dtype']}, "
-        f"median of {cfg['repeats']} (ms)"
+        f"median over {cfg['rounds']} rounds of medians of {cfg['repeats']} (ms)"
     )
     cols = [
         ("conv_transpose_ms", "convT"),
@@ -287,13 +308,15 @@ def print_table(report: dict) -> None:
         ("lr_conv_ms", "LR conv"),
         ("pixel_shuffle_ms", "shuffle"),
     ]
-    print(" r  K " + "".join(f"{title:>12}" for _, title in cols) + "  speedup (target)  shuffle%")
+    header = "".join(f"{title:>12}" for _, title in cols)
+    print(f" r  K {header}  speedup (target)  shuffle%  load")
     for row in report["results"]:
         cells = "".join(f"{row[key]:12.2f}" for key, _ in cols)
         mark = "ok" if row["meets_target"] else "MISS"
         print(
             f"{row['r']:2d} {row['kernel_size']:2d} {cells}  {row['speedup']:6.2f} "
-            f"({row['speedup_target']:.1f}) {mark:4s}  {100 * row['shuffle_share']:6.1f}"
+            f"({row['speedup_target']:.1f}) {mark:4s}  {100 * row['shuffle_share']:6.1f}  "
+            f"{max(row['load_average_1min']):4.1f}"
         )
     print("resize+conv is a different function of the same shape (not checked against convT).")
 

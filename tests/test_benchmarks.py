@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 
@@ -42,7 +43,9 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tiny_report() -> dict:
-    proc = run_script("--lr_size=8x6", "--scales=2,3", "--repeats=1", "--in_channels=3", "--json")
+    proc = run_script(
+        "--lr_size=8x6", "--scales=2,3", "--repeats=1", "--rounds=2", "--in_channels=3", "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -59,6 +62,8 @@ def test_json_schema(tiny_report):
         for name in TIMED:
             value = row[f"{name}_ms"]
             assert math.isfinite(value) and value > 0, (name, value)
+            assert len(row["round_medians_ms"][name]) == 2
+            assert value == pytest.approx(statistics.median(row["round_medians_ms"][name]))
         assert row["speedup"] == pytest.approx(
             row["conv_transpose_ms"] / row["fast_conv_transpose_ms"]
         )
@@ -96,7 +101,7 @@ def test_analytic_flops(tiny_report):
 
 
 def test_table_output():
-    proc = run_script("--lr_size=4x4", "--scales=2", "--repeats=1", "--in_channels=2")
+    proc = run_script("--lr_size=4x4", "--scales=2", "--repeats=1", "--rounds=1", "--in_channels=2")
     assert proc.returncode == 0, proc.stderr
     assert "speedup" in proc.stdout and "resize+conv" in proc.stdout
     assert proc.stdout.count("\n") >= 3
