@@ -20,6 +20,7 @@ s])``), so a run resumed at step ``s`` sees the batches an uninterrupted run wou
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Iterable, Iterator
 
 import jax
@@ -32,9 +33,27 @@ COLORS = ("y", "rgb")
 NUM_TRANSFORMS = 8
 
 
+PAD_MULTIPLE = 64  # LR pixels; images are edge-padded up to it, so few shapes are compiled
+_Y_CHUNK = 1 << 16  # pixels per compiled rgb_to_y call
+
+
+@jax.jit
+def _rgb_to_y_jit(rgb_N3: jax.Array) -> jax.Array:
+    return metrics.rgb_to_y(rgb_N3)
+
+
 def rgb_to_y(rgb_HWC: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``(H, W, 3)`` -> uint8 Y ``(H, W, 1)`` by :func:`metrics.rgb_to_y` (MATLAB's)."""
-    return np.asarray(metrics.rgb_to_y(rgb_HWC)).astype(np.uint8)[..., None]
+    """uint8 RGB ``(H, W, 3)`` -> uint8 Y ``(H, W, 1)`` by :func:`metrics.rgb_to_y` (MATLAB's).
+
+    Pointwise, so it runs on fixed-size chunks of pixels: one compilation for every image size.
+    """
+    if rgb_HWC.dtype != np.uint8 or rgb_HWC.ndim != 3 or rgb_HWC.shape[-1] != 3:
+        raise ValueError(f"rgb_HWC must be uint8 (H, W, 3), got {rgb_HWC.dtype} {rgb_HWC.shape}")
+    flat = rgb_HWC.reshape(-1, 3)
+    n = flat.shape[0]
+    flat = np.pad(flat, ((0, -n % _Y_CHUNK), (0, 0)))
+    y = [np.asarray(_rgb_to_y_jit(c)) for c in np.split(flat, flat.shape[0] // _Y_CHUNK)]
+    return np.concatenate(y)[:n].astype(np.uint8).reshape(*rgb_HWC.shape[:2], 1)
 
 
 def mod_crop(image_HWC: np.ndarray, r: int) -> np.ndarray:
@@ -43,13 +62,23 @@ def mod_crop(image_HWC: np.ndarray, r: int) -> np.ndarray:
     return image_HWC[: h - h % r, : w - w % r]
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _downscale_uint8(hr_NHWC: jax.Array, r: int) -> jax.Array:
+    return bicubic.downscale(hr_NHWC, r, border="edge", round_passes=True)
+
+
 def degrade(hr_HWC: np.ndarray, r: int) -> np.ndarray:
     """The protocol's LR image, MATLAB's ``imresize(modcrop(hr, r), 1/r, 'bicubic')`` on uint8.
 
     ``round_passes=True`` rounds after each 1-D pass as MATLAB does on uint8 input, so this
-    reproduces the Set5 benchmark's LR images bit for bit.
+    reproduces the Set5 benchmark's LR images bit for bit. To compile few shapes, the HR image is
+    edge-padded at the bottom and right to ``r * PAD_MULTIPLE``: exact, because MATLAB's (and
+    ``border="edge"``'s) border rule reads the edge pixel wherever the filter leaves the image.
     """
-    lr = bicubic.downscale(mod_crop(hr_HWC, r)[None], r, round_passes=True)[0]
+    hr = mod_crop(hr_HWC, r)
+    h, w = hr.shape[0] // r, hr.shape[1] // r
+    pad = ((0, -h % PAD_MULTIPLE * r), (0, -w % PAD_MULTIPLE * r), (0, 0))
+    lr = _downscale_uint8(np.pad(hr, pad, mode="edge")[None], r)[0, :h, :w]
     return np.asarray(lr).astype(np.uint8)
 
 

@@ -276,6 +276,15 @@ def test_pairs_layout_and_its_errors(tmp_path):
         data.make_source("folder", path=tmp_path)
 
 
+@pytest.mark.parametrize(("r", "shape"), [(2, (37, 70)), (3, (100, 131)), (4, (9, 203))])
+def test_degrade_equals_the_unpadded_matlab_downscale(r, shape):
+    """degrade edge-pads to a few compiled shapes; the LR image must not change."""
+    hr = np.random.default_rng(r).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    cropped = hr[: shape[0] // r * r, : shape[1] // r * r]
+    expected = bicubic.downscale(cropped[None], r, border="edge", round_passes=True)[0]
+    np.testing.assert_array_equal(pipeline.degrade(hr, r), np.asarray(expected).astype(np.uint8))
+
+
 @pytest.mark.skipif(not SET5.is_dir(), reason="../shared/data/Set5 not present")
 @pytest.mark.parametrize("r", [2, 3, 4])
 def test_degrade_reproduces_the_supplied_matlab_lr_images(r):
