@@ -25,7 +25,6 @@ from espcn_jax.ops import convert_order, pixel_shuffle, pixel_unshuffle
 ORDERS = ("tf", "torch")
 
 
-# ----------------------------------------------------------------------------------------------
 # Independent references: loops over the index formulas, TensorFlow, torch.
 
 
@@ -63,10 +62,9 @@ def unshuffle_loop(y_NHWC: np.ndarray, r: int, order: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tf():
     """TensorFlow, imported lazily and kept off any GPU (it is only a reference here)."""
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     tf = pytest.importorskip("tensorflow")
-    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "GPU")  # TensorFlow's view only; JAX keeps its devices
     return tf
 
 
@@ -89,7 +87,6 @@ CASES = [(1, 1, 1, 1), (1, 2, 3, 1), (2, 2, 3, 2), (1, 3, 2, 3), (2, 3, 3, 1), (
 # (N, H, W, C) LR shapes; r below.
 
 
-# ----------------------------------------------------------------------------------------------
 # Against the references.
 
 
@@ -138,7 +135,6 @@ def test_torch_order_matches_torch(nhwc, r):
     )
 
 
-# ----------------------------------------------------------------------------------------------
 # Structure: round trips, the two orders, convert_order.
 
 
@@ -211,7 +207,6 @@ def test_convert_order_on_kernel_input_axis(r, c_in):
     )
 
 
-# ----------------------------------------------------------------------------------------------
 # Transformations and dtypes.
 
 
@@ -259,7 +254,6 @@ def test_dtype_preserved(dtype, order):
     np.testing.assert_array_equal(np.asarray(back), x)
 
 
-# ----------------------------------------------------------------------------------------------
 # Property tests.
 
 shapes = st.tuples(
@@ -312,7 +306,6 @@ def test_property_unshuffle_matches_loop_and_inverts(case):
     np.testing.assert_array_equal(back, z)
 
 
-# ----------------------------------------------------------------------------------------------
 # Bad input: a ValueError naming the argument and the offending value.
 
 X4 = np.zeros((1, 2, 2, 4), np.float32)
@@ -380,7 +373,6 @@ def test_convert_order_bad_axis():
         convert_order(X4, 2, "tf", "torch", axis=4)
 
 
-# ----------------------------------------------------------------------------------------------
 # espcn_jax.timing.time_fn: the contract only, never a timing assertion.
 
 
