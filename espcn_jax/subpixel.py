@@ -68,7 +68,15 @@ class AxisPlan:
 
 
 def _check_ints(value, name: str, count: int, minimum: int) -> tuple[int, ...]:
-    values = (value,) * count if isinstance(value, int | np.integer) else tuple(value)
+    if isinstance(value, int | np.integer):
+        values = (value,) * count
+    else:
+        try:
+            values = tuple(value)
+        except TypeError:
+            raise ValueError(
+                f"{name} must be {count} integers >= {minimum}, got {value!r}"
+            ) from None
     if len(values) != count or any(
         isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum for v in values
     ):
