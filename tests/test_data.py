@@ -8,7 +8,10 @@ supplied MATLAB LR images of Set5 (tests skip when ../shared/data/Set5 is absent
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -393,14 +396,34 @@ def test_resumed_device_batches_equal_uninterrupted_ones():
             np.testing.assert_array_equal(np.asarray(y[key]), direct[key])
 
 
-def test_device_batches_take_a_data_sharding():
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    sampler = pipeline.PatchSampler(
-        _random_source(), scale=2, patch=4, batch_size=2 * jax.device_count(), seed=0
+MULTI_DEVICE_SCRIPT = """
+import jax, numpy as np
+from espcn_jax import data, pipeline
+assert jax.device_count() == 4, jax.devices()
+rng = np.random.default_rng(0)
+source = data.Source("r", (rng.integers(0, 256, (30, 33, 3), dtype=np.uint8),), ("r",))
+sampler = pipeline.PatchSampler(source, scale=2, patch=4, batch_size=8, seed=3)
+mesh = jax.make_mesh((4,), ("data",))
+sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+for step, batch in enumerate(pipeline.device_batches(sampler, num_steps=3, sharding=sharding)):
+    expected = sampler.batch(step)["hr"]
+    shards = batch["hr"].addressable_shards
+    assert len({s.device for s in shards}) == 4
+    for s in shards:
+        assert s.data.shape[0] == 2
+        np.testing.assert_array_equal(np.asarray(s.data), expected[s.index])
+print("ok")
+"""
+
+
+def test_batches_shard_over_a_data_axis_of_four_devices():
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
     )
-    batch = next(pipeline.device_batches(sampler, num_steps=3, sharding=sharding))
-    assert batch["lr"].sharding == sharding and batch["hr"].sharding == sharding
+    result = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE_SCRIPT], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 def test_prefetch_keeps_order_and_count():
