@@ -169,10 +169,11 @@ class Source:
         lengths = {len(self.hr), len(self.names), len(self.hr if self.lr is None else self.lr)}
         if len(lengths) != 1:
             raise ValueError(f"data source {self.name!r}: hr, names and lr differ in length")
-        for image, name in zip(self.hr, self.names, strict=True):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-                got = f"{image.dtype} {image.shape}"
-                raise ValueError(f"image {name} must be uint8 (H, W, 3), got {got}")
+        for kind, images in (("HR", self.hr), ("LR", self.lr or ())):
+            for image, name in zip(images, self.names, strict=False):
+                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+                    got = f"{image.dtype} {image.shape}"
+                    raise ValueError(f"{kind} image {name} must be uint8 (H, W, 3), got {got}")
 
     def __len__(self) -> int:
         return len(self.hr)
