@@ -1,7 +1,7 @@
 """Batches per second the training pipeline delivers versus ESPCN train steps per second it feeds.
 
-Four rates, each the median over ``--windows`` windows of ``--steps`` items (the machine is shared,
-medians resist neighbours):
+Four rates, each the median over ``--windows`` windows of ``--steps`` items, the four interleaved
+round by round (the machine is shared: medians and interleaving resist neighbours):
 
 - ``sampler``: ``PatchSampler.batch`` alone (NumPy patch cutting, one thread);
 - ``pipeline``: ``device_batches`` (tf.data thread pool, prefetch, ``jax.device_put``), each batch
@@ -79,14 +79,18 @@ def make_train_step(channels: int, r: int, seed: int):
     return step, params, optimizer.init(params)
 
 
-def _median_rate(window) -> float:
-    """Median items per second over ``--windows`` calls of ``window()``, which does ``--steps``."""
-    rates = []
+def _rates(windows: dict) -> dict[str, float]:
+    """Median items per second of each ``windows[name]()`` (each does ``--steps`` items).
+
+    Rounds interleave the names, so load from other processes drifts over all of them alike.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in windows}
     for _ in range(FLAGS.windows):
-        t0 = time.perf_counter()
-        window()
-        rates.append(FLAGS.steps / (time.perf_counter() - t0))
-    return statistics.median(rates)
+        for name, window in windows.items():
+            t0 = time.perf_counter()
+            window()
+            rates[name].append(FLAGS.steps / (time.perf_counter() - t0))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def main(argv: list[str]) -> None:
@@ -105,29 +109,30 @@ def main(argv: list[str]) -> None:
     n = FLAGS.steps
 
     counter = iter(range(10**9))
-    sampler_rate = _median_rate(lambda: [sampler.batch(next(counter)) for _ in range(n)])
-
     batches = pipeline.device_batches(sampler)
     jax.block_until_ready(next(batches))  # start tf.data's threads and fill the prefetch buffers
+    step, params, opt_state = make_train_step(sampler.channels, FLAGS.scale, FLAGS.seed)
+    fixed = jax.device_put(sampler.batch(0))
+    state = {"params": params, "opt": opt_state}
 
     def pipeline_window():
         for _ in range(n):
             jax.block_until_ready(next(batches))
 
-    pipeline_rate = _median_rate(pipeline_window)
-
-    step, params, opt_state = make_train_step(sampler.channels, FLAGS.scale, FLAGS.seed)
-    fixed = jax.device_put(sampler.batch(0))
-    state = {"params": params, "opt": opt_state}
-
-    def run_steps(next_batch):
+    def train_window(next_batch):
         for _ in range(n):
             state["params"], state["opt"], loss = step(state["params"], state["opt"], next_batch())
         jax.block_until_ready(loss)
 
-    run_steps(lambda: fixed)  # compile
-    train_rate = _median_rate(lambda: run_steps(lambda: fixed))
-    fed_rate = _median_rate(lambda: run_steps(lambda: next(batches)))
+    train_window(lambda: fixed)  # compile
+    rates = _rates(
+        {
+            "sampler": lambda: [sampler.batch(next(counter)) for _ in range(n)],
+            "pipeline": pipeline_window,
+            "train_step": lambda: train_window(lambda: fixed),
+            "fed_train_step": lambda: train_window(lambda: next(batches)),
+        }
+    )
 
     print_json(
         {
@@ -140,11 +145,12 @@ def main(argv: list[str]) -> None:
             "steps_per_window": n,
             "windows": FLAGS.windows,
             "prepare_s": round(prepare_s, 3),
-            "sampler_batches_per_s": round(sampler_rate, 1),
-            "pipeline_batches_per_s": round(pipeline_rate, 1),
-            "train_steps_per_s": round(train_rate, 1),
-            "fed_train_steps_per_s": round(fed_rate, 1),
-            "pipeline_over_train_ratio": round(pipeline_rate / train_rate, 2),
+            "sampler_batches_per_s": round(rates["sampler"], 1),
+            "pipeline_batches_per_s": round(rates["pipeline"], 1),
+            "train_steps_per_s": round(rates["train_step"], 1),
+            "fed_train_steps_per_s": round(rates["fed_train_step"], 1),
+            "pipeline_over_train_ratio": round(rates["pipeline"] / rates["train_step"], 2),
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "device": str(jax.devices()[0]),
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),
