@@ -142,13 +142,16 @@ def find_pairs(directory: str | os.PathLike) -> list[tuple[Path, Path]]:
     return [(found[s]["HR"], found[s]["LR"]) for s in sorted(found)]
 
 
-def _is_pair_layout(paths: list[Path]) -> bool:
+def is_pair_layout(paths: list[Path]) -> bool:
     """True if any image is named ``*_HR``/``*_LR``; then all must be (mixing is ambiguous)."""
     paired = [p for p in paths if PAIR_PATTERN.match(p.stem)]
     if paired and len(paired) != len(paths):
         odd = next(p for p in paths if not PAIR_PATTERN.match(p.stem))
         raise ValueError(f"{odd} is neither *_HR nor *_LR in a directory of HR/LR pairs")
     return bool(paired)
+
+
+_is_pair_layout = is_pair_layout  # the name evaluate.py calls; use is_pair_layout
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -182,7 +185,7 @@ class Source:
 def folder_source(directory: str | os.PathLike) -> Source:
     """Every image in ``directory`` as HR, or its HR/LR pairs if it has the Set5 layout."""
     paths = list_images(directory)
-    if _is_pair_layout(paths):
+    if is_pair_layout(paths):
         pairs = find_pairs(directory)
         return Source(
             name=f"folder:{directory}",
