@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes
 
-from espcn_jax import subpixel
+from espcn_jax import ops, subpixel
 
 _default_kernel_init = nnx.initializers.lecun_normal()
 _default_bias_init = nnx.initializers.zeros_init()
@@ -81,7 +81,7 @@ class FastConvTranspose(nnx.Module):
         self.plan = subpixel.plan(kernel_size, _pair(strides, "strides"), (
             "VALID" if self.circular else padding
         ))  # fmt: skip
-        self.order = order
+        self.order = ops.check_order(order)
         self.kernel_size = kernel_size
         self.in_features = in_features
         self.out_features = out_features
