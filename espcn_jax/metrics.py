@@ -83,17 +83,17 @@ def _gaussian_taps() -> np.ndarray:
     return g / g.sum()
 
 
-def _blur_valid(x_NHWC: jax.Array) -> jax.Array:
-    """Separable 11x11 Gaussian, VALID: only window positions fully inside the image."""
-    c = x_NHWC.shape[-1]
-    g = jnp.asarray(_gaussian_taps(), jnp.float32)
+def _blur_valid(x_NHW: jax.Array) -> jax.Array:
+    """Separable 11x11 Gaussian of each of N maps, VALID: window positions fully inside the image."""
+    g = _gaussian_taps().astype(np.float32)
     dn = ("NHWC", "HWIO", "NHWC")
     hi = lax.Precision.HIGHEST
-    col = jnp.tile(g.reshape(-1, 1, 1, 1), (1, 1, 1, c))
-    x = lax.conv_general_dilated(x_NHWC, col, (1, 1), "VALID", dimension_numbers=dn,
-                                 feature_group_count=c, precision=hi)
-    return lax.conv_general_dilated(x, col.reshape(1, -1, 1, c), (1, 1), "VALID",
-                                    dimension_numbers=dn, feature_group_count=c, precision=hi)
+    x = x_NHW[..., None]
+    x = lax.conv_general_dilated(x, g.reshape(-1, 1, 1, 1), (1, 1), "VALID",
+                                 dimension_numbers=dn, precision=hi)
+    x = lax.conv_general_dilated(x, g.reshape(1, -1, 1, 1), (1, 1), "VALID",
+                                 dimension_numbers=dn, precision=hi)
+    return x[..., 0]
 
 
 def ssim(a: jax.Array, b: jax.Array, data_range: float = 255.0) -> jax.Array:
@@ -109,11 +109,12 @@ def ssim(a: jax.Array, b: jax.Array, data_range: float = 255.0) -> jax.Array:
     a, b = _check_pair(a, b)
     if min(a.shape[:2]) < 2 * SSIM_RADIUS + 1:
         raise ValueError(f"images must be at least 11x11 for SSIM, got shape {a.shape}")
-    x = (a.reshape(a.shape[:2] + (-1,)) - data_range / 2)[None]
-    y = (b.reshape(b.shape[:2] + (-1,)) - data_range / 2)[None]
-    c = x.shape[-1]
-    moments = _blur_valid(jnp.concatenate([x, y, x * x, y * y, x * y], axis=-1))
-    mx, my, mxx, myy, mxy = (moments[..., i * c : (i + 1) * c] for i in range(5))
+    # Channels to the front: (C, H, W); the five moment maps of every channel blurred as one batch.
+    x = jnp.moveaxis(a.reshape(a.shape[:2] + (-1,)), -1, 0) - data_range / 2
+    y = jnp.moveaxis(b.reshape(b.shape[:2] + (-1,)), -1, 0) - data_range / 2
+    c = x.shape[0]
+    moments = _blur_valid(jnp.concatenate([x, y, x * x, y * y, x * y], axis=0))
+    mx, my, mxx, myy, mxy = (moments[i * c : (i + 1) * c] for i in range(5))
     vx, vy, vxy = mxx - mx * mx, myy - my * my, mxy - mx * my
     ux, uy = mx + data_range / 2, my + data_range / 2
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
