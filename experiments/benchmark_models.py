@@ -1,0 +1,141 @@
+"""Equal FLOPs is not equal time: matched ``lr``, ``hr`` and ``deconv`` nets side by side.
+
+For each FLOP budget the solver picks each family's width (same depth, scheme, activation), then
+every net is costed (analytic useful / executed FLOPs, XLA's count, params) and timed at 1080p
+output (LR 360x640 at x3 by default) with ``flops.measure_latency``. Achieved GFLOP/s (useful FLOPs
+/ median latency) is reported against a large float32 matmul's GFLOP/s measured in the same run, so
+the fractions are comparable across families on this backend. Prints one JSON object.
+
+    python experiments/benchmark_models.py
+    python experiments/benchmark_models.py --budgets=4.5e4 --lr_size=90x160 --repeats=3
+"""
+
+from __future__ import annotations
+
+import platform
+
+import jax
+import jax.numpy as jnp
+from absl import flags
+from flax import nnx
+
+from espcn_jax import flops, solver
+from espcn_jax.cli import print_json, run
+from espcn_jax.models import model_from_config
+from espcn_jax.timing import time_fn
+
+flags.DEFINE_list(
+    "budgets", ["1e4", "4.5e4"], "FLOP budgets per --budget_unit (ESPCN: ~4.5e4/LR px)."
+)
+flags.DEFINE_enum("budget_unit", "lr_pixel", list(solver.BUDGET_UNITS), "What a budget is per.")
+flags.DEFINE_list("families", ["lr", "hr", "deconv"], "Families to match.")
+flags.DEFINE_integer("depth", 3, "Conv layers of every net.")
+flags.DEFINE_enum("scheme", "uniform", list(solver.WIDTH_SCHEMES), "Solver width scheme.")
+flags.DEFINE_integer("scale", 3, "Upscaling factor r.")
+flags.DEFINE_integer("channels", 1, "Image channels (1 = Y).")
+flags.DEFINE_string("activation", "tanh", "Hidden activation.")
+flags.DEFINE_string("lr_size", "360x640", "LR size HxW of the timed image (1080p output at x3).")
+flags.DEFINE_integer("repeats", 5, "Timed calls per net (median reported).")
+flags.DEFINE_integer("matmul_size", 2048, "n of the n x n x n float32 matmul reference.")
+FLAGS = flags.FLAGS
+
+
+def _positive_floats(items: list[str], name: str) -> list[float]:
+    values = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise ValueError(f"{name} must be positive numbers, got {item!r}")
+        values.append(value)
+    if not values:
+        raise ValueError(f"{name} must list at least one number, got ''")
+    return values
+
+
+def matmul_gflops(n: int, repeats: int) -> dict:
+    """GFLOP/s of an ``n x n @ n x n`` float32 matmul (``2 n^3`` FLOPs), the backend's roofline."""
+    if n < 1:
+        raise ValueError(f"matmul_size must be >= 1, got {n}")
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    t = time_fn(jax.jit(jnp.matmul), a, b, repeats=repeats)
+    return {
+        "n": n,
+        "flops": 2 * n**3,
+        "ms": t["median_ms"],
+        "gflops_per_s": 2 * n**3 / t["median_ms"] / 1e6,
+    }
+
+
+def bench_net(config, lr_size: tuple[int, int], repeats: int, peak: float) -> dict:
+    model = model_from_config(config, rngs=nnx.Rngs(0))
+    shape = (1, *lr_size, config.channels)
+    cost = flops.model_cost(config, lr_size)
+    t = flops.measure_latency(model, shape, repeats=repeats)
+    gflops = cost.flops / t["median_ms"] / 1e6
+    return {
+        "widths": list(config.widths),
+        "flops_analytic": cost.flops,
+        "flops_xla": flops.xla_cost(model, shape)["flops"],
+        "flops_executed": cost.flops_executed,
+        "params": cost.params,
+        "latency_ms": t["median_ms"],
+        "latency_p25_ms": t["p25_ms"],
+        "latency_p75_ms": t["p75_ms"],
+        "gflops_per_s": gflops,
+        "fraction_of_matmul": gflops / peak,
+    }
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    lr_size = flops.parse_size(FLAGS.lr_size)
+    budgets = _positive_floats(FLAGS.budgets, "budgets")
+    if FLAGS.repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {FLAGS.repeats}")
+    fields = dict(scale=FLAGS.scale, channels=FLAGS.channels, activation=FLAGS.activation)
+    matched = []
+    for budget in budgets:  # solve everything first: a bad flag fails before any timing
+        per_image = solver.budget_per_image(budget, FLAGS.budget_unit, lr_size, FLAGS.scale)
+        sols = solver.match_budget(
+            per_image, FLAGS.families, FLAGS.depth, lr_size, scheme=FLAGS.scheme, **fields
+        )
+        matched.append((budget, per_image, sols))
+    matmul = matmul_gflops(FLAGS.matmul_size, FLAGS.repeats)
+    rows = []
+    for budget, per_image, sols in matched:
+        nets = {
+            fam: bench_net(sol.config, lr_size, FLAGS.repeats, matmul["gflops_per_s"])
+            for fam, sol in sols.items()
+        }
+        base = nets.get("lr")
+        for net in nets.values():
+            if base is not None:
+                net["latency_vs_lr"] = net["latency_ms"] / base["latency_ms"]
+        rows.append({"budget": budget, "budget_per_image": per_image, "nets": nets})
+    print_json(
+        {
+            "device": {
+                "platform": jax.default_backend(),
+                "kind": jax.devices()[0].device_kind,
+                "processor": platform.processor() or platform.machine(),
+            },
+            "config": {
+                "lr_size": list(lr_size),
+                "budget_unit": FLAGS.budget_unit,
+                "depth": FLAGS.depth,
+                "scheme": FLAGS.scheme,
+                "repeats": FLAGS.repeats,
+                **fields,
+            },
+            "matmul": matmul,
+            "results": rows,
+        }
+    )
+
+
+if __name__ == "__main__":
+    run(main)
