@@ -10,7 +10,10 @@ FLOPs are counted per image of a stated LR size ``(h, w)``, per layer, three way
   as lowered: for a convolution, 2 x the multiply-adds on taps that land on a real input sample —
   padding and ``lhs_dilation`` holes are skipped, but zero *weights* are counted. It differs from
   ``flops`` only where a layer runs a re-indexed kernel with structural zeros (``deconv`` with
-  ``K`` not giving whole LR taps, and every ``lr_tied`` layer). Tested equal to XLA's figure.
+  ``K`` not giving whole LR taps, every ``lr_tied`` layer), and for a 1x1 conv from 1 to 1
+  channel, which XLA's simplifier turns into a multiply and counts 1 FLOP per output, not 2
+  (or folds into a neighbouring linear op: such degenerate nets are outside the model). Tested
+  equal to XLA's figure (up to its float32 accumulation: 1 ulp, ~1e-7 relative).
 - ``flops_executed``: the dense work of the op as run, every tap of every output (padding and
   structural zeros included). ``flops_executed_naive`` adds, for the transposed conv, what
   ``lax.conv_transpose`` / ``nnx.ConvTranspose`` would execute on the zero-inserted grid (≈ r²x).
@@ -172,13 +175,22 @@ def _act(name: str, elements: int, act: str) -> LayerCost:
     return LayerCost(name, f"{act} on {n} elements", 0, f * n, f * n, f * n, t * n)
 
 
+def _xla_mac_flops(macs: int, taps: int, cin: int, cout: int) -> int:
+    """XLA's FLOPs for ``macs`` multiply-adds of a conv with ``taps`` kernel taps: 2 each, except
+    that its simplifier turns a 1x1 conv from 1 to 1 channel into an elementwise multiply (1 each).
+    """
+    return macs if taps * cin * cout == 1 else 2 * macs
+
+
 def _conv(name: str, size, k: int, cin: int, cout: int, pads, where: str) -> LayerCost:
-    """A dense stride-1 conv with bias: useful == XLA's count; executed counts padding taps too."""
+    """A dense stride-1 conv with bias: useful == XLA's count (but for 1x1x1x1 kernels);
+    executed counts padding taps too."""
     taps, (oh, ow) = _real_taps(size, (k, k), pads)
-    useful = 2 * int(taps.sum()) * cin * cout + oh * ow * cout
-    executed = 2 * oh * ow * k * k * cin * cout + oh * ow * cout
+    macs, bias = int(taps.sum()) * cin * cout, oh * ow * cout
+    xla = _xla_mac_flops(macs, k * k, cin, cout) + bias
+    executed = 2 * oh * ow * k * k * cin * cout + bias
     op = f"conv {k}x{k} {cin}->{cout} on {where} {size[0]}x{size[1]}"
-    return LayerCost(name, op, k * k * cin * cout + cout, useful, useful, executed)
+    return LayerCost(name, op, k * k * cin * cout + cout, 2 * macs + bias, xla, executed)
 
 
 def _deconv(size, k: int, cin: int, cout: int, r: int) -> LayerCost:
@@ -191,7 +203,8 @@ def _deconv(size, k: int, cin: int, cout: int, r: int) -> LayerCost:
     naive = 2 * oh * ow * k * k * cin * cout + bias
     t_h, t_w = plans[0].taps, plans[1].taps
     taps_lr, (lh, lw) = _real_taps(size, (t_h, t_w), [p.lr_padding for p in plans])
-    xla = 2 * int(taps_lr.sum()) * cin * cout * r * r + bias
+    macs_lr = int(taps_lr.sum()) * cin * cout * r * r
+    xla = _xla_mac_flops(macs_lr, t_h * t_w, cin, cout * r * r) + bias
     executed = 2 * lh * lw * t_h * t_w * cin * cout * r * r + bias
     op = f"conv_transpose {k}x{k}/{r} {cin}->{cout} as LR conv {t_h}x{t_w} {cin}->{cout * r * r}"
     params = k * k * cin * cout + cout
@@ -206,7 +219,7 @@ def _tied(name: str, size, k: int, cin: int, cout: int, r: int) -> LayerCost:
     taps_lr, (lh, lw) = _real_taps(size, (t, t), ((-u_min, t - 1 + u_min),) * 2)
     c_in, c_out = cin * r * r, cout * r * r
     bias = lh * lw * c_out
-    xla = 2 * int(taps_lr.sum()) * c_in * c_out + bias
+    xla = _xla_mac_flops(int(taps_lr.sum()) * c_in * c_out, t * t, c_in, c_out) + bias
     executed = 2 * lh * lw * t * t * c_in * c_out + bias
     op = f"tied conv {t}x{t} {c_in}->{c_out} on LR {size[0]}x{size[1]} (HR {k}x{k} {cin}->{cout})"
     return dataclasses.replace(hr, op=op, flops_xla=xla, flops_executed=executed)

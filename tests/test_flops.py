@@ -1,0 +1,286 @@
+"""FLOP and parameter accounting against XLA's own count, the solver, latency and the CLIs.
+
+Independent references: XLA's ``cost_analysis()`` of the compiled forward pass (our ``flops_xla``
+model must equal it; our *useful* count must equal XLA's count of a reference that does no wasted
+work: ``flax.nnx.ConvTranspose`` for the deconv layer, the ``hr`` net for ``lr_tied``), the sizes of
+the built module's ``nnx.Param`` arrays, hand formulas written here, and a brute-force width search.
+Networks are built with ``nnx.eval_shape`` (no initialisation) where only shapes matter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+from hypothesis import example, given, settings
+
+from espcn_jax import bicubic, flops, solver
+from espcn_jax.models import ACTIVATIONS, FAMILY_NAMES, ModelConfig, model_from_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+XLA_RTOL = 1e-6  # XLA accumulates its count in float32: 1 ulp at 2e10 FLOPs is 2048
+
+
+def abstract(config: ModelConfig) -> nnx.Module:
+    return nnx.eval_shape(lambda: model_from_config(config, rngs=nnx.Rngs(0)))
+
+
+def useful_reference(config: ModelConfig, lr_shape) -> dict[str, float]:
+    """XLA's count of a graph computing the same function without wasted multiplies."""
+    if config.family == "lr_tied":
+        return flops.xla_cost(abstract(config.replace(family="hr")), lr_shape)
+    net = abstract(config)
+    if config.family == "deconv":  # XLA skips the inserted zeros of lax.conv_transpose
+        k, r = config.kernel_sizes[-1], config.scale
+        cin = config.layer_channels()[-1][0]
+        net.deconv = nnx.eval_shape(
+            lambda: nnx.ConvTranspose(cin, config.channels, (k, k), (r, r), rngs=nnx.Rngs(0))
+        )
+    return flops.xla_cost(net, lr_shape)
+
+
+def test_scalar_conv_is_one_flop_per_output_for_xla():
+    """The documented exception: a lone 1x1 conv 1 -> 1 channel is a multiply and a bias add.
+    (Next to another linear op XLA may fold it away entirely; such nets are excluded above.)"""
+    config = ModelConfig(family="lr", scale=1, depth=1, kernel_sizes=1, activation="identity")
+    cost = flops.model_cost(config, (7, 9))
+    assert (cost.flops, cost.flops_xla) == (3 * 63, 2 * 63)
+    assert flops.xla_cost(abstract(config), (1, 7, 9, 1))["flops"] == 2 * 63
+
+
+def test_activation_cost_is_xla_count():
+    x = jnp.linspace(-3.0, 3.0, 1000).reshape(1, 10, 100, 1)
+    for name, (f, t) in flops.ACTIVATION_COST.items():
+        cost = jax.jit(ACTIVATIONS[name]).lower(x).compile().cost_analysis()
+        assert (cost.get("flops", 0.0), cost.get("transcendentals", 0.0)) == (1000 * f, 1000 * t)
+
+
+@st.composite
+def configs(draw):
+    family = draw(st.sampled_from(FAMILY_NAMES))
+    scale, depth = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    kernels = draw(st.lists(st.integers(1, 5), min_size=depth, max_size=depth))
+    if family == "deconv":
+        kernels[-1] = draw(st.integers(1, 3 * scale + 2))
+    config = ModelConfig(
+        family=family,
+        scale=scale,
+        channels=draw(st.sampled_from([1, 3])),
+        depth=depth,
+        widths=draw(st.lists(st.integers(1, 6), min_size=depth - 1, max_size=depth - 1)),
+        kernel_sizes=kernels,
+        activation=draw(st.sampled_from(sorted(ACTIVATIONS))),
+        residual=draw(st.booleans()),
+    )
+    return config, (draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+
+
+def _has_scalar_conv(config: ModelConfig) -> bool:
+    """A 1x1 conv from 1 to 1 channel (in the layer's native form), a multiply for XLA."""
+    layers = zip(config.layer_channels(), config.kernel_sizes, strict=True)
+    return any(k == 1 and channels == (1, 1) for channels, k in layers)
+
+
+def _check_against_xla(config: ModelConfig, lr_size: tuple[int, int]) -> None:
+    cost = flops.model_cost(config, lr_size)
+    lr_shape = (1, *lr_size, config.channels)
+    xla = flops.xla_cost(abstract(config), lr_shape)
+    assert xla["transcendentals"] == cost.transcendentals
+    if not _has_scalar_conv(config):  # XLA may rewrite or fold those: see the test below
+        assert xla["flops"] == pytest.approx(cost.flops_xla, rel=XLA_RTOL, abs=0.5)
+        ref = useful_reference(config, lr_shape)
+        assert ref["flops"] == pytest.approx(cost.flops, rel=XLA_RTOL, abs=0.5)
+    assert cost.params == flops.count_params(abstract(config))
+    assert cost.flops_xla <= cost.flops_executed and cost.flops <= cost.flops_executed
+    assert cost.flops == sum(layer.flops for layer in cost.layers)
+
+
+@settings(max_examples=30, deadline=None)
+@given(configs())
+@example((ModelConfig(family="deconv", scale=2, kernel_sizes=(5, 3, 9), widths=(4, 3)), (7, 9)))
+@example((ModelConfig(family="lr_tied", scale=3, residual=True, widths=(4, 3)), (5, 4)))
+@example((ModelConfig(family="hr", scale=2, activation="gelu", widths=(4, 3)), (6, 5)))
+@example((ModelConfig(family="lr", scale=2, kernel_sizes=(5, 3, 2), widths=(4, 3),
+                      upsample_padding=((1, 0), (0, 1))), (6, 5)))  # fmt: skip
+def test_analytic_counts_equal_xla(case):
+    _check_against_xla(*case)
+
+
+@pytest.mark.parametrize("family", ["lr", "hr", "deconv"])
+def test_full_hd_output_counts_agree(family):
+    """At the study's size (360x640 LR, x3): XLA's figure and ours agree, and padding taps make
+    the dense count differ from the useful one by the border fraction only (< 1%)."""
+    config = ModelConfig.espcn(scale=3).replace(family=family, kernel_sizes=None)
+    _check_against_xla(config, (360, 640))
+    cost = flops.model_cost(config, (360, 640))
+    assert cost.flops_executed / cost.flops - 1 < 0.01
+
+
+def test_espcn_by_hand():
+    """Shi et al.'s ESPCN, x3, Y: parameters and FLOPs from the layer shapes, written out here."""
+    cost = flops.model_cost(ModelConfig.espcn(scale=3), (360, 640))
+    shapes = [(5, 1, 64), (3, 64, 32), (3, 32, 9)]  # (k, C_in, C_out)
+    assert cost.params == sum(k * k * ci * co + co for k, ci, co in shapes) == 22729
+    dense = sum(360 * 640 * (2 * k * k * ci * co + co) for k, ci, co in shapes)
+    assert cost.flops_executed == dense  # every tap, padding included; bias adds; tanh: 0 FLOPs
+    assert [layer.name for layer in cost.layers] == ["conv0", "act0", "conv1", "act1", "conv2",
+                                                      "shuffle"]  # fmt: skip
+    assert cost.layers[-1].flops == 0
+    assert cost.transcendentals == 360 * 640 * (64 + 32)
+    # Padding taps: each axis of a k-tap SAME conv loses (k-1)/2 * ((k-1)/2 + 1) taps per border.
+    lost = lambda n, k: n * k - 2 * sum(range(1, (k - 1) // 2 + 1))  # noqa: E731
+    real = sum(2 * lost(360, k) * lost(640, k) * ci * co + 360 * 640 * co for k, ci, co in shapes)
+    assert cost.flops == real
+
+
+def test_deconv_useful_vs_executed():
+    """K = 3r: FastConvTranspose runs exactly the useful taps (interior), nnx.ConvTranspose ~r^2
+    more; K = 9 at r = 2 needs 5x5 LR taps for 81 weights: 100/81 of the useful work."""
+    for r, k, ratio in [(3, 9, 1.0), (2, 9, 100 / 81), (4, 12, 1.0)]:
+        config = ModelConfig(family="deconv", scale=r, kernel_sizes=(5, 3, k), widths=(8, 8))
+        layer = flops.model_cost(config, (200, 300)).layers[-1]
+        assert layer.name == "deconv"
+        bias = 200 * 300 * r * r
+        interior = 2 * 200 * 300 * r * r * 8 * (k / r) ** 2
+        assert (layer.flops_executed - bias) / interior == pytest.approx(ratio, rel=2e-3)
+        assert (layer.flops_executed_naive - bias) / interior == pytest.approx(r * r, rel=1e-9)
+        assert (layer.flops - bias) / interior == pytest.approx(1.0, rel=2e-2)
+
+
+def test_bicubic_and_residual_terms():
+    config = ModelConfig(family="lr", scale=3, channels=3, residual=True, widths=(4, 4))
+    layers = {layer.name: layer for layer in flops.model_cost(config, (10, 12)).layers}
+    assert layers["bicubic"].flops == bicubic.upscale_flops(10, 12, 3, 3)
+    assert layers["residual"].flops == 30 * 36 * 3
+
+
+def test_bad_lr_size():
+    for bad in [(0, 5), (3,), "3x4", (2.5, 4)]:
+        with pytest.raises(ValueError, match="lr_size must be two integers"):
+            flops.model_cost(ModelConfig(), bad)
+    with pytest.raises(ValueError, match="lr_size must be HxW with positive integers.*'12x'"):
+        flops.parse_size("12x")
+
+
+# ------------------------------------------------------------------------------------------------
+# Solver
+
+
+@pytest.mark.parametrize("family", ["lr", "hr", "deconv"])
+@pytest.mark.parametrize("budget", [3e6, 2.2e7])
+def test_solver_picks_the_nearest_width(family, budget):
+    base, size = ModelConfig(family=family, scale=2, depth=3, widths=1), (24, 32)
+    sol = solver.solve_width(budget, base, size, scheme="taper")
+    costs = {
+        w: flops.model_cost(base.replace(widths=(2 * w, w)), size).flops for w in range(1, 200)
+    }
+    best = min(costs, key=lambda w: (abs(costs[w] - budget), w))
+    assert (sol.width, sol.flops, sol.config.widths) == (best, costs[best], (2 * best, best))
+    assert sol.relative_error == pytest.approx(costs[best] / budget - 1)
+
+
+def test_espcn_budget_gives_espcn():
+    espcn = flops.model_cost(ModelConfig.espcn(scale=3), (360, 640)).flops
+    matched = solver.match_budget(espcn, ("lr", "hr", "deconv"), 3, (360, 640), scheme="taper")
+    assert matched["lr"].config.widths == (64, 32) and matched["lr"].flops == espcn
+    assert matched["deconv"].config.widths == (64, 32)  # 9x9/3 deconv: same useful FLOPs as 3x3
+    assert abs(matched["hr"].relative_error) < 0.1 and matched["hr"].config.family == "hr"
+
+
+def test_budget_units():
+    per_px = solver.budget_per_image(1e4, "output_pixel", (20, 30), 3)
+    assert per_px == 1e4 * 60 * 90 == solver.budget_per_image(9e4, "lr_pixel", (20, 30), 3)
+    with pytest.raises(ValueError, match="budget unit must be one of .* got 'pixel'"):
+        solver.budget_per_image(1.0, "pixel", (20, 30), 3)
+
+
+def test_infeasible_budget_names_the_minimum():
+    base = ModelConfig(family="hr", scale=3, depth=4, widths=1)
+    minimum = flops.model_cost(base, (30, 40)).flops
+    with pytest.raises(ValueError, match=f"minimum {minimum}\\)") as info:
+        solver.solve_width(minimum - 1, base, (30, 40))
+    assert "infeasible" in str(info.value) and "\n" not in str(info.value)
+    assert solver.solve_width(minimum, base, (30, 40)).config.widths == (1, 1, 1)
+    with pytest.raises(ValueError, match="max_width=8"):
+        solver.solve_width(1e12, base, (30, 40), max_width=8)
+
+
+def test_depth_one_has_nothing_to_choose():
+    base = ModelConfig(family="lr", scale=2, depth=1)
+    sol = solver.solve_width(1e9, base, (10, 10))
+    assert sol.width is None and sol.flops == flops.model_cost(base, (10, 10)).flops
+
+
+# ------------------------------------------------------------------------------------------------
+# Latency and the CLIs
+
+
+def test_measure_latency_contract():
+    net = model_from_config(ModelConfig(family="lr", scale=2, widths=(4, 4)), rngs=nnx.Rngs(0))
+    t = flops.measure_latency(net, (1, 6, 7, 1), repeats=3)
+    assert t["repeats"] >= 3 and 0 < t["min_ms"] <= t["median_ms"] and t["compile_ms"] > 0
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / name), *args],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+    )  # fmt: skip
+
+
+def test_flops_cli_width_and_budget():
+    proc = run_script("flops.py", "--family=deconv", "--width=6,4", "--scale=2",
+                      "--lr_size=12x16", "--repeats=1", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["flops_xla"] == pytest.approx(out["flops_xla_model"], rel=XLA_RTOL)
+    assert out["params"] == out["params_module"] and out["latency_ms"] > 0
+    assert out["flops_analytic"] == sum(layer["flops"] for layer in out["layers"])
+    assert out["layers"][-1]["flops_executed_naive"] > out["layers"][-1]["flops_executed"]
+    proc = run_script("flops.py", "--family=hr", "--budget=2e4", "--budget_unit=output_pixel",
+                      "--lr_size=12x16", "--nolatency", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["widths"] == out["solver"]["widths"] and out["latency_ms"] is None
+    assert out["flops_analytic"] == out["solver"]["flops"]
+    assert abs(out["flops_per_output_pixel"] / 2e4 - 1) < 0.2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--family=cnn", "--width=8"], "family must be one of"),
+        (["--width=8", "--lr_size=0x9"], "lr_size must be HxW"),
+        (["--family=hr", "--budget=1e3"], "infeasible.*minimum"),
+        (["--width=8", "--budget=1e9"], "exactly one of --width and --budget"),
+    ],
+)
+def test_flops_cli_errors(args, message):
+    proc = run_script("flops.py", *args)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.match(f"error: .*{message}", lines[0]), proc.stderr
+
+
+def test_benchmark_models_tiny():
+    proc = run_script("benchmark_models.py", "--lr_size=8x10", "--budgets=2e4", "--repeats=1",
+                      "--matmul_size=64")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["matmul"]["gflops_per_s"] > 0 and len(out["results"]) == 1
+    for row in out["results"]:
+        assert set(row["nets"]) == {"lr", "hr", "deconv"}
+        for net in row["nets"].values():
+            assert net["flops_xla"] == pytest.approx(net["flops_analytic"], rel=XLA_RTOL)
+            assert math.isfinite(net["fraction_of_matmul"]) and net["latency_ms"] > 0
