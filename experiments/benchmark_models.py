@@ -25,7 +25,7 @@ from espcn_jax.models import model_from_config
 from espcn_jax.timing import time_fn
 
 flags.DEFINE_list(
-    "budgets", ["1e4", "4.5e4"], "FLOP budgets per --budget_unit (ESPCN: ~4.5e4/LR px)."
+    "budgets", ["1e4", "4.5e4", "1e5"], "FLOP budgets per --budget_unit (ESPCN: ~4.5e4/LR px)."
 )
 flags.DEFINE_enum("budget_unit", "lr_pixel", list(solver.BUDGET_UNITS), "What a budget is per.")
 flags.DEFINE_list("families", ["lr", "hr", "deconv"], "Families to match.")
