@@ -148,6 +148,9 @@ class ModelConfig:
                 f"upsample_padding must be 'SAME' for family {self.family!r}, "
                 f"got {self.upsample_padding!r}"
             )
+        for name in ("residual", "icnr"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.icnr and self.family not in ("lr", "deconv"):
             raise ValueError(f"icnr applies to families 'lr' and 'deconv', not {self.family!r}")
         for name in ("dtype", "param_dtype"):

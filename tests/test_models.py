@@ -278,6 +278,7 @@ def test_icnr_output_is_nearest_neighbour_at_init(family, order):
         (dict(channels=0), "channels must be an integer >= 1, got 0"),
         (dict(kernel_sizes=(5, 3)), r"kernel_sizes must have 3 entries, got 2: \(5, 3\)"),
         (dict(order="nchw"), "order must be one of .* got 'nchw'"),
+        (dict(residual="yes"), "residual must be True or False, got 'yes'"),
         (dict(dtype="int32"), "dtype must name a floating dtype, got 'int32'"),
         (dict(family="hr", icnr=True), "icnr applies to families 'lr' and 'deconv', not 'hr'"),
         (dict(upsample_padding=((0, 0), (1, 1))), "upsample_padding must be 'SAME' or"),
