@@ -29,9 +29,10 @@ def check_scale(r, name: str = "r") -> int:
     return r_int
 
 
-def check_order(order: str) -> str:
+def check_order(order: str, name: str = "order") -> str:
+    """Returns ``order``, or raises ValueError unless it is one of :data:`ORDERS`."""
     if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        raise ValueError(f"{name} must be one of {ORDERS}, got {order!r}")
     return order
 
 
@@ -95,7 +96,7 @@ def convert_order(x: jax.Array, r: int, src: str, dst: str, axis: int = -1) -> j
     :func:`pixel_unshuffle` (``axis=-2``). ``pixel_shuffle(convert_order(x, r, "tf", "torch"), r,
     "torch") == pixel_shuffle(x, r, "tf")``.
     """
-    r, src, dst = check_scale(r), check_order(src), check_order(dst)
+    r, src, dst = check_scale(r), check_order(src, "src"), check_order(dst, "dst")
     ndim = jnp.ndim(x)
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis must index an array of rank {ndim}, got axis={axis}")
