@@ -203,9 +203,16 @@ def _deconv(size, k: int, cin: int, cout: int, r: int) -> LayerCost:
     naive = 2 * oh * ow * k * k * cin * cout + bias
     t_h, t_w = plans[0].taps, plans[1].taps
     taps_lr, (lh, lw) = _real_taps(size, (t_h, t_w), [p.lr_padding for p in plans])
-    macs_lr = int(taps_lr.sum()) * cin * cout * r * r
-    xla = _xla_mac_flops(macs_lr, t_h * t_w, cin, cout * r * r) + bias
-    executed = 2 * lh * lw * t_h * t_w * cin * cout * r * r + bias
+    conv_out = cout * r * r
+    extra = 0
+    if subpixel.splits_last_channel(conv_out):
+        # The last LR channel runs as per-tap matmuls over every input pixel (no padding skipped)
+        # plus t_h*t_w - 1 shifted adds per output pixel (subpixel.lr_correlation).
+        conv_out -= 1
+        extra = 2 * size[0] * size[1] * t_h * t_w * cin + (t_h * t_w - 1) * lh * lw
+    macs_lr = int(taps_lr.sum()) * cin * conv_out
+    xla = _xla_mac_flops(macs_lr, t_h * t_w, cin, conv_out) + extra + bias
+    executed = 2 * lh * lw * t_h * t_w * cin * conv_out + extra + bias
     op = f"conv_transpose {k}x{k}/{r} {cin}->{cout} as LR conv {t_h}x{t_w} {cin}->{cout * r * r}"
     params = k * k * cin * cout + cout
     return LayerCost("deconv", op, params, useful, xla, executed, flops_executed_naive=naive)

@@ -89,10 +89,12 @@ def _blur_valid(x_NHW: jax.Array) -> jax.Array:
     dn = ("NHWC", "HWIO", "NHWC")
     hi = lax.Precision.HIGHEST
     x = x_NHW[..., None]
-    x = lax.conv_general_dilated(x, g.reshape(-1, 1, 1, 1), (1, 1), "VALID",
-                                 dimension_numbers=dn, precision=hi)
-    x = lax.conv_general_dilated(x, g.reshape(1, -1, 1, 1), (1, 1), "VALID",
-                                 dimension_numbers=dn, precision=hi)
+    x = lax.conv_general_dilated(
+        x, g.reshape(-1, 1, 1, 1), (1, 1), "VALID", dimension_numbers=dn, precision=hi
+    )
+    x = lax.conv_general_dilated(
+        x, g.reshape(1, -1, 1, 1), (1, 1), "VALID", dimension_numbers=dn, precision=hi
+    )
     return x[..., 0]
 
 

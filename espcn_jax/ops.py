@@ -46,9 +46,7 @@ def pixel_shuffle(x: jax.Array, r: int, order: str = "tf") -> jax.Array:
     r, order = check_scale(r), check_order(order)
     _check_rank4(x)
     if x.shape[-1] % (r * r):
-        raise ValueError(
-            f"x channels must be divisible by r*r={r * r}, got {x.shape[-1]} channels"
-        )
+        raise ValueError(f"x channels must be divisible by r*r={r * r}, got {x.shape[-1]} channels")
     return shuffle_2d(x, r, r, order)
 
 

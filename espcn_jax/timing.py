@@ -34,7 +34,11 @@ def time_fn(
         t0 = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times_ms.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times_ms, n=4, method="inclusive") if len(times_ms) > 1 else times_ms * 3
+    q = (
+        statistics.quantiles(times_ms, n=4, method="inclusive")
+        if len(times_ms) > 1
+        else times_ms * 3
+    )
     return {
         "median_ms": statistics.median(times_ms),
         "min_ms": min(times_ms),

@@ -134,3 +134,17 @@ def test_copies_weights_from_a_trained_conv_transpose():
 def test_unsupported_configurations_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FastConvTranspose(2, 1, rngs=nnx.Rngs(0), **kwargs)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", "CIRCULAR"])
+def test_espcn_y_x3_layer(padding):
+    """32 -> 1 channels at r = 3: 9 LR channels, which take the CPU channel-remainder path."""
+    ref, fast = _pair(
+        7, in_features=32, out_features=1, kernel_size=(9, 9), strides=3, padding=padding
+    )
+    x = jax.random.normal(jax.random.key(3), (2, 6, 5, 32))
+    np.testing.assert_allclose(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+    (g_ref_state, g_ref_x), (g_state, g_x) = _grads(ref, x), _grads(fast, x)
+    np.testing.assert_allclose(g_x, g_ref_x, rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(g_state), jax.tree.leaves(g_ref_state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

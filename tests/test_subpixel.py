@@ -238,3 +238,26 @@ def test_bfloat16_runs_in_bfloat16():
 def test_bad_input_names_argument_and_value(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("channels", [1, 8, 9, 17])
+@pytest.mark.parametrize("padding", [((1, 1), (1, 1)), ((0, 2), (-1, 3)), ((2, -1), (0, 0))])
+def test_lr_correlation_equals_lax_conv(channels, padding):
+    """Including the CPU path that computes a channel past a block of 8 as tap matmuls."""
+    x = _random((2, 6, 7, 5), seed=channels)
+    kernel = _random((3, 2, 5, channels), seed=1)
+
+    def ref(x, kernel):
+        return lax.conv_general_dilated(
+            x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    np.testing.assert_allclose(
+        subpixel.lr_correlation(x, kernel, padding), ref(x, kernel), rtol=1e-5, atol=1e-5
+    )
+    got = jax.grad(lambda x, k: jnp.sum(jnp.sin(subpixel.lr_correlation(x, k, padding))), (0, 1))(
+        x, kernel
+    )
+    want = jax.grad(lambda x, k: jnp.sum(jnp.sin(ref(x, k))), (0, 1))(x, kernel)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
