@@ -64,7 +64,8 @@ NOTES = {
     "resize_conv": "nearest jax.image.resize to HR, then a stride-1 SAME HR conv with the same "
     "(k*r)^2 kernel: a different function (not compared with ConvTranspose); its max_abs_err is "
     "against np.repeat upsampling + the same conv",
-    "lr_conv": "the LR conv inside the fast path alone (kernel from subpixel.zero_insertion_to_lr)",
+    "lr_conv": "the LR conv inside the fast path alone (subpixel.lr_correlation, kernel from "
+    "subpixel.zero_insertion_to_lr)",
     "pixel_shuffle": "espcn_jax.ops.pixel_shuffle alone on the LR conv's output",
     "shuffle_share": "pixel_shuffle_ms / lr_conv_ms (target <= 0.10)",
     "speedup": "conv_transpose_ms / fast_conv_transpose_ms (target >= 0.7 r^2)",
@@ -189,8 +190,7 @@ def build(cfg: Config, r: int):
 
     @jax.jit
     def lr_conv(x, kernel_lr):
-        pads = (hr_plan.lr_padding,) * 2
-        return lax.conv_general_dilated(x, kernel_lr, (1, 1), pads, dimension_numbers=DN)
+        return subpixel.lr_correlation(x, kernel_lr, (hr_plan.lr_padding,) * 2)
 
     shuffle = jax.jit(lambda z: pixel_shuffle(z, r, "tf"))
     z = lr_conv(x, kernel_lr)
