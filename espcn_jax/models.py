@@ -24,7 +24,6 @@ layer (``lr``'s last conv, ``deconv``'s transposed conv) with :func:`icnr.icnr`.
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Callable, Sequence
 
 import jax
@@ -51,25 +50,13 @@ _DN = ("NHWC", "HWIO", "NHWC")
 PadPairs = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _positive_int(value, name: str) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}") from None
-    if v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return v
-
-
 def _per_layer(value, name: str, count: int) -> tuple[int, ...]:
     """An int (every layer) or a sequence of ``count`` ints >= 1, as a tuple."""
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != count:
             raise ValueError(f"{name} must have {count} entries, got {len(value)}: {value!r}")
-        return tuple(_positive_int(v, name) for v in value)
-    return (_positive_int(value, name),) * count
+        return tuple(ops.check_scale(v, name) for v in value)
+    return (ops.check_scale(value, name),) * count
 
 
 def default_kernel_sizes(family: str, depth: int, scale: int) -> tuple[int, ...]:
@@ -128,8 +115,8 @@ class ModelConfig:
         if self.family not in FAMILY_NAMES:
             raise ValueError(f"family must be one of {FAMILY_NAMES}, got {self.family!r}")
         put("scale", ops.check_scale(self.scale, "scale"))
-        put("channels", _positive_int(self.channels, "channels"))
-        depth = _positive_int(self.depth, "depth")
+        put("channels", ops.check_scale(self.channels, "channels"))
+        depth = ops.check_scale(self.depth, "depth")
         put("depth", depth)
         put("widths", () if depth == 1 else _per_layer(self.widths, "widths", depth - 1))
         if self.kernel_sizes is None:

@@ -19,8 +19,10 @@ ORDERS = ("tf", "torch")
 
 
 def check_scale(r, name: str = "r") -> int:
-    """Returns ``r`` as an int, or raises ValueError unless it is an integer >= 1."""
+    """Returns ``r`` as an int, or raises ValueError unless it is an integer >= 1 (not a bool)."""
     try:
+        if isinstance(r, bool):
+            raise TypeError
         r_int = operator.index(r)
     except TypeError:
         raise ValueError(f"{name} must be an integer >= 1, got {r!r}") from None

@@ -41,8 +41,9 @@ def _protocol_ref(hr, lr, r):
 
     a, b = y(hr)[r:-r, r:-r], y(sr)[r:-r, r:-r]
     psnr = 10 * np.log10(255**2 / np.mean((a - b) ** 2))
-    ssim = structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
-                                 use_sample_covariance=False, data_range=255)
+    ssim = structural_similarity(
+        a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+    )
     return psnr, ssim
 
 
@@ -94,8 +95,9 @@ def test_library_errors(tmp_path):
     with pytest.raises(ValueError, match="channels"):
         evaluate.evaluate(evaluate.make_model("bicubic", 3), tmp_path, 3, channels="ycbcr")
     with pytest.raises(ValueError, match="sr_fn must map"):
-        evaluate.evaluate_image(np.zeros((40, 40, 1), np.uint8), np.zeros((20, 20, 1)),
-                                lambda x: x, 2)
+        evaluate.evaluate_image(
+            np.zeros((40, 40, 1), np.uint8), np.zeros((20, 20, 1)), lambda x: x, 2
+        )
 
 
 # --- Set5: the published bicubic table -----------------------------------------------------------
@@ -109,8 +111,10 @@ def test_set5_published_bicubic_table(r):
     degraded = evaluate.evaluate(model, d, r, lr_source="degrade")
     srcnn = evaluate.evaluate(model, d, r, lr_source="degrade", channels="y", round_lr=False)
     psnr, ssim = PUBLISHED[r]
-    print(f"x{r}: given {given['psnr']:.4f}/{given['ssim']:.4f}, degrade {degraded['psnr']:.4f}"
-          f"/{degraded['ssim']:.4f}, y float LR {srcnn['psnr']:.4f}/{srcnn['ssim']:.4f}")
+    print(
+        f"x{r}: given {given['psnr']:.4f}/{given['ssim']:.4f}, degrade {degraded['psnr']:.4f}"
+        f"/{degraded['ssim']:.4f}, y float LR {srcnn['psnr']:.4f}/{srcnn['ssim']:.4f}"
+    )
     assert given["num_images"] == degraded["num_images"] == 5
     assert abs(given["psnr"] - psnr) <= 0.02
     assert abs(degraded["psnr"] - psnr) <= 0.02
@@ -126,8 +130,14 @@ def test_set5_published_bicubic_table(r):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +148,9 @@ def pair_dir(tmp_path_factory):
     for name in ("one", "two"):
         hr = _smooth_image(rng, 36, 30, 3)
         _write(d / f"{name}_HR.png", hr)
-        _write(d / f"{name}_LR.png", np.asarray(evaluate.make_lr(hr, 2, "rgb", True)).astype(np.uint8))
+        _write(
+            d / f"{name}_LR.png", np.asarray(evaluate.make_lr(hr, 2, "rgb", True)).astype(np.uint8)
+        )
     (d / "notes.txt").write_text("not an image")
     return d
 

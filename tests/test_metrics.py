@@ -47,8 +47,16 @@ def test_quantize_is_matlab_uint8():
 def test_rgb_to_y_matches_skimage_rgb2ycbcr():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
-    rgb[0, :8] = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255],
-                  [128, 128, 128], [1, 2, 3], [254, 1, 77]]
+    rgb[0, :8] = [
+        [0, 0, 0],
+        [255, 255, 255],
+        [255, 0, 0],
+        [0, 255, 0],
+        [0, 0, 255],
+        [128, 128, 128],
+        [1, 2, 3],
+        [254, 1, 77],
+    ]
     want = np.floor(rgb2ycbcr(rgb.astype(np.float64) / 255)[..., 0] + 0.5)
     np.testing.assert_array_equal(metrics.rgb_to_y(rgb), want)
     np.testing.assert_array_equal(metrics.rgb_to_y(rgb.astype(np.float32)), want)
@@ -73,7 +81,9 @@ def test_shave():
 
 @settings(max_examples=10, deadline=None)
 @given(
-    h=st.integers(1, 40), w=st.integers(1, 40), c=st.sampled_from([None, 1, 3]),
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    c=st.sampled_from([None, 1, 3]),
     seed=st.integers(0, 2**16),
 )
 def test_psnr_matches_numpy(h, w, c, seed):

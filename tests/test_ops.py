@@ -325,10 +325,11 @@ def test_bad_scale_in_convert_order():
         convert_order(X4, 1.5, "tf", "torch")
 
 
-def test_integer_like_scales_accepted():
-    """``r`` goes through ``operator.index``: NumPy integers work; ``True`` is the integer 1."""
+def test_integer_like_scales_accepted_bools_refused():
+    """``r`` goes through ``operator.index``: NumPy integers work; a bool is refused, not taken as 1."""
     np.testing.assert_array_equal(pixel_shuffle(X4, np.int64(2)), pixel_shuffle(X4, 2))
-    np.testing.assert_array_equal(pixel_shuffle(X4, True), X4)
+    with pytest.raises(ValueError, match=r"^r must be an integer >= 1, got True$"):
+        pixel_shuffle(X4, True)
 
 
 def test_channels_not_divisible_by_r_squared():
