@@ -24,16 +24,21 @@ flags.DEFINE_string("model", "bicubic", f"Model to evaluate; one of {sorted(eval
 flags.DEFINE_string("data_dir", None, "Directory of HR images, or of *_HR / *_LR pairs.")
 flags.DEFINE_integer("scale", 3, "Upscaling factor r (integer >= 2).")
 flags.DEFINE_enum(
-    "lr_source", "auto", list(evaluate.LR_SOURCES),
+    "lr_source",
+    "auto",
+    list(evaluate.LR_SOURCES),
     "LR images: 'given' (*_LR next to *_HR), 'degrade' (bicubic downscale of HR), 'auto' "
     "(given when the directory has pairs).",
 )
 flags.DEFINE_enum(
-    "channels", "rgb", list(evaluate.CHANNELS),
+    "channels",
+    "rgb",
+    list(evaluate.CHANNELS),
     "What the model sees: the RGB LR image (Y taken of its output) or the Y channel.",
 )
 flags.DEFINE_bool(
-    "round_lr", True,
+    "round_lr",
+    True,
     "Round degraded LR to uint8 as MATLAB's imresize on uint8 does; --noround_lr keeps it float "
     "(the SRCNN/VDSR code, with --channels=y).",
 )
@@ -64,8 +69,12 @@ def main(argv: list[str]) -> None:
     report = {"model": FLAGS.model}
     report.update(
         evaluate.evaluate(
-            sr_fn, FLAGS.data_dir, r,
-            lr_source=FLAGS.lr_source, channels=FLAGS.channels, round_lr=FLAGS.round_lr,
+            sr_fn,
+            FLAGS.data_dir,
+            r,
+            lr_source=FLAGS.lr_source,
+            channels=FLAGS.channels,
+            round_lr=FLAGS.round_lr,
         )
     )
     if FLAGS.json:
