@@ -6,18 +6,14 @@ agreement checks the scripts run before timing are tested here.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import os
-import pathlib
 import statistics
-import subprocess
-import sys
 
 import pytest
+from _drivers import run_driver
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "benchmark_upsamplers.py"
 TIMED = [
     "conv_transpose",
     "lax_conv_transpose",
@@ -29,16 +25,7 @@ TIMED = [
 ]
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-    )
+run_script = functools.partial(run_driver, "benchmark_upsamplers.py")
 
 
 @pytest.fixture(scope="module")

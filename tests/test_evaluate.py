@@ -3,14 +3,12 @@ published Set5 bicubic table, and the CLI end to end (JSON, table, errors)."""
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from _drivers import run_driver
 from _set5 import set5_scale_dir
 from PIL import Image
 from skimage.color import rgb2ycbcr
@@ -18,8 +16,6 @@ from skimage.metrics import structural_similarity
 
 from espcn_jax import bicubic, evaluate
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "evaluate.py"
 # Bicubic on Set5, Y, border r (SRCNN, VDSR tables): PSNR and SSIM.
 PUBLISHED = {2: (33.66, 0.9299), 3: (30.39, 0.8682), 4: (28.42, 0.8104)}
 
@@ -128,16 +124,7 @@ def test_set5_published_bicubic_table(r):
 # --- the CLI -------------------------------------------------------------------------------------
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-    )
+run_cli = functools.partial(run_driver, "evaluate.py")
 
 
 @pytest.fixture(scope="module")

@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pathlib
 import re
-import subprocess
-import sys
 
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import pytest
+from _drivers import run_driver
 from flax import nnx
 from hypothesis import example, given, settings
 
 from espcn_jax import bicubic, flops, solver, subpixel
 from espcn_jax.models import ACTIVATIONS, FAMILY_NAMES, ModelConfig, model_from_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 XLA_RTOL = 1e-6  # XLA accumulates its count in float32: 1 ulp at 2e10 FLOPs is 2048
 
 
@@ -235,12 +231,7 @@ def test_measure_latency_contract():
     assert t["repeats"] >= 3 and 0 < t["min_ms"] <= t["median_ms"] and t["compile_ms"] > 0
 
 
-def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / name), *args],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
-    )  # fmt: skip
+run_script = run_driver
 
 
 def test_flops_cli_width_and_budget():
