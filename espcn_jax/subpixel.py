@@ -56,10 +56,6 @@ class AxisPlan:
         lo, hi = self.padding
         return (n - 1) * self.stride + 1 + lo + hi - self.kernel_size + 1
 
-    def lr_size(self, n: int) -> int:
-        """Length of the LR correlation's output (before the shuffle) for input length ``n``."""
-        return -(-self.hr_size(n) // self.stride)
-
     def lr_index(self) -> np.ndarray:
         """``(T, s)`` int array: the ``kernel_z`` tap used by LR tap ``t`` for phase ``a``; ``K``
         marks a structural zero."""

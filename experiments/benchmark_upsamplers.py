@@ -30,6 +30,7 @@ from jax import lax
 
 from espcn_jax import subpixel
 from espcn_jax.cli import print_json, run
+from espcn_jax.flops import parse_size
 from espcn_jax.layers import FastConvTranspose
 from espcn_jax.ops import check_scale, pixel_shuffle
 from espcn_jax.timing import time_fn
@@ -94,13 +95,6 @@ class Config:
     seed: int
 
 
-def parse_lr_size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"lr_size must be HxW with positive integers, e.g. 360x640, got {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
 def parse_scales(items: list[str]) -> tuple[int, ...]:
     if not items:
         raise ValueError("scales must list at least one integer >= 1, got ''")
@@ -114,7 +108,7 @@ def parse_scales(items: list[str]) -> tuple[int, ...]:
 
 
 def config_from_flags() -> Config:
-    h, w = parse_lr_size(FLAGS.lr_size)
+    h, w = parse_size(FLAGS.lr_size)
     return Config(
         scales=parse_scales(FLAGS.scales),
         batch=FLAGS.batch,
