@@ -23,15 +23,6 @@ _default_kernel_init = nnx.initializers.lecun_normal()
 _default_bias_init = nnx.initializers.zeros_init()
 
 
-def _pair(value, name: str) -> tuple[int, int]:
-    if value is None:
-        return (1, 1)
-    values = (value, value) if isinstance(value, int) else tuple(value)
-    if len(values) != 2 or not all(isinstance(v, int) and v >= 1 for v in values):
-        raise ValueError(f"{name} must be an int >= 1 or 2 of them, got {value!r}")
-    return values
-
-
 class FastConvTranspose(nnx.Module):
     """Drop-in for ``nnx.ConvTranspose`` on 2-D inputs (``(*batch, H, W, C)``), same outputs.
 
@@ -71,14 +62,16 @@ class FastConvTranspose(nnx.Module):
             raise ValueError(
                 f"FastConvTranspose supports 2 spatial dimensions, got kernel_size={kernel_size!r}"
             )
-        if _pair(kernel_dilation, "kernel_dilation") != (1, 1):
+        if ops.check_ints(
+            1 if kernel_dilation is None else kernel_dilation, "kernel_dilation", 2, 1
+        ) != (1, 1):
             raise ValueError(
                 f"FastConvTranspose does not support kernel_dilation={kernel_dilation!r}; "
                 "use nnx.ConvTranspose"
             )
         self.circular = padding == "CIRCULAR"
         # Validates padding, strides and kernel size at construction, and fixes the LR plan.
-        self.plan = subpixel.plan(kernel_size, _pair(strides, "strides"), (
+        self.plan = subpixel.plan(kernel_size, 1 if strides is None else strides, (
             "VALID" if self.circular else padding
         ))  # fmt: skip
         self.order = ops.check_order(order)

@@ -14,6 +14,7 @@ import operator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ORDERS = ("tf", "torch")
 
@@ -29,6 +30,24 @@ def check_scale(r, name: str = "r") -> int:
     if r_int < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {r!r}")
     return r_int
+
+
+def check_ints(value, name: str, count: int, minimum: int) -> tuple[int, ...]:
+    """``value`` (one int, or ``count`` of them) as a tuple of ``count`` ints >= ``minimum``."""
+    if isinstance(value, int | np.integer):
+        values = (value,) * count
+    else:
+        try:
+            values = tuple(value)
+        except TypeError:
+            raise ValueError(
+                f"{name} must be {count} integers >= {minimum}, got {value!r}"
+            ) from None
+    if len(values) != count or any(
+        isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum for v in values
+    ):
+        raise ValueError(f"{name} must be {count} integers >= {minimum}, got {value!r}")
+    return tuple(int(v) for v in values)
 
 
 def check_order(order: str, name: str = "order") -> str:

@@ -65,23 +65,6 @@ class AxisPlan:
         return np.where((m >= 0) & (m < self.kernel_size), m, self.kernel_size)
 
 
-def _check_ints(value, name: str, count: int, minimum: int) -> tuple[int, ...]:
-    if isinstance(value, int | np.integer):
-        values = (value,) * count
-    else:
-        try:
-            values = tuple(value)
-        except TypeError:
-            raise ValueError(
-                f"{name} must be {count} integers >= {minimum}, got {value!r}"
-            ) from None
-    if len(values) != count or any(
-        isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum for v in values
-    ):
-        raise ValueError(f"{name} must be {count} integers >= {minimum}, got {value!r}")
-    return tuple(int(v) for v in values)
-
-
 def resolve_padding(
     padding: Padding, kernel_size: Sequence[int], strides: Sequence[int]
 ) -> tuple[tuple[int, int], ...]:
@@ -131,8 +114,8 @@ def resolve_padding(
 
 def plan(kernel_size: Sequence[int], strides: int | Sequence[int], padding: Padding = "SAME"):
     """Per-axis :class:`AxisPlan` for a 2-D transposed conv (kernel ``(Kh, Kw)``)."""
-    kernel_size = _check_ints(kernel_size, "kernel_size", 2, 1)
-    strides = _check_ints(strides, "strides", 2, 1)
+    kernel_size = ops.check_ints(kernel_size, "kernel_size", 2, 1)
+    strides = ops.check_ints(strides, "strides", 2, 1)
     plans = []
     for k, s, (lo, hi) in zip(
         kernel_size, strides, resolve_padding(padding, kernel_size, strides), strict=True
@@ -234,7 +217,12 @@ def lr_to_transpose(kernel_lr_HWIO, kernel_size, strides, padding: Padding = "SA
     return zero_insertion_to_transpose(kernel_z)
 
 
-def _check_input(x: jax.Array, kernel: jax.Array, plans: tuple[AxisPlan, AxisPlan]) -> None:
+def _checked_plan(
+    x: jax.Array, kernel: jax.Array, name: str, kernel_size, strides, padding
+) -> tuple[AxisPlan, AxisPlan]:
+    """Validates a face's input and kernel (named ``name``) and returns the plan of its axes."""
+    _check_kernel(kernel, name)
+    plans = plan(kernel_size, strides, padding)
     if jnp.ndim(x) != 4:
         raise ValueError(f"x must be an NHWC array of rank 4, got shape {jnp.shape(x)}")
     if x.shape[-1] != kernel.shape[2]:
@@ -247,6 +235,7 @@ def _check_input(x: jax.Array, kernel: jax.Array, plans: tuple[AxisPlan, AxisPla
             f"x of shape {x.shape} gives an empty output {out} with padding "
             f"{tuple(p.padding for p in plans)}"
         )
+    return plans
 
 
 def conv_transpose(
@@ -261,9 +250,9 @@ def conv_transpose(
     Equals ``flax.nnx.ConvTranspose(..., transpose_kernel=True)`` whose stored kernel is
     ``kernel_t_HWIO.swapaxes(2, 3)``; ``padding`` has Flax's meaning.
     """
-    _check_kernel(kernel_t_HWIO, "kernel_t_HWIO")
-    ph, pw = plan(kernel_t_HWIO.shape[:2], strides, padding)
-    _check_input(x_NHWC, kernel_t_HWIO, (ph, pw))
+    ph, pw = _checked_plan(
+        x_NHWC, kernel_t_HWIO, "kernel_t_HWIO", kernel_t_HWIO.shape[:2], strides, padding
+    )
     return lax.conv_transpose(
         x_NHWC,
         kernel_t_HWIO.swapaxes(2, 3),
@@ -283,9 +272,9 @@ def zero_insertion_conv(
     precision=None,
 ) -> jax.Array:
     """Face 2, literally: materialise the zero-inserted HR image, then a stride-1 correlation."""
-    _check_kernel(kernel_z_HWIO, "kernel_z_HWIO")
-    ph, pw = plan(kernel_z_HWIO.shape[:2], strides, padding)
-    _check_input(x_NHWC, kernel_z_HWIO, (ph, pw))
+    ph, pw = _checked_plan(
+        x_NHWC, kernel_z_HWIO, "kernel_z_HWIO", kernel_z_HWIO.shape[:2], strides, padding
+    )
     n, h, w, c = x_NHWC.shape
     sh, sw = ph.stride, pw.stride
     dilated = jnp.zeros((n, (h - 1) * sh + 1, (w - 1) * sw + 1, c), x_NHWC.dtype)
@@ -362,9 +351,7 @@ def lr_conv_shuffle(
 
     ``kernel_size`` is that of the zero-insertion kernel the LR kernel stands for.
     """
-    _check_kernel(kernel_lr_HWIO, "kernel_lr_HWIO")
-    ph, pw = plan(kernel_size, strides, padding)
-    _check_input(x_NHWC, kernel_lr_HWIO, (ph, pw))
+    ph, pw = _checked_plan(x_NHWC, kernel_lr_HWIO, "kernel_lr_HWIO", kernel_size, strides, padding)
     order = ops.check_order(order)
     if kernel_lr_HWIO.shape[:2] != (ph.taps, pw.taps):
         raise ValueError(

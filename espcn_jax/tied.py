@@ -29,6 +29,11 @@ import numpy as np
 from espcn_jax import ops
 
 
+def same_pads(k: int) -> tuple[int, int]:
+    """``lax`` "SAME" pads of a stride-1 correlation with kernel size ``k``."""
+    return (k - 1) // 2, k - 1 - (k - 1) // 2
+
+
 def _hr_pads(padding, kernel_size: tuple[int, int]) -> tuple[tuple[int, int], ...]:
     """Pads of a stride-1 HR convolution: ``"SAME"`` as ``lax``, or explicit size-preserving pairs."""
     if isinstance(padding, str):
@@ -36,7 +41,7 @@ def _hr_pads(padding, kernel_size: tuple[int, int]) -> tuple[tuple[int, int], ..
             raise ValueError(
                 f"padding must be 'SAME' or size-preserving (lo, hi) pairs, got {padding!r}"
             )
-        return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_size)
+        return tuple(same_pads(k) for k in kernel_size)
     pads = tuple(tuple(int(v) for v in p) for p in padding)
     if len(pads) != 2 or any(len(p) != 2 for p in pads):
         raise ValueError(f"padding must be 2 (lo, hi) pairs, got {padding!r}")

@@ -440,3 +440,13 @@ def test_time_fn_quartiles_lie_within_the_samples(monkeypatch, repeats):
 def test_time_fn_rejects_fewer_than_one_call(kwargs, name):
     with pytest.raises(ValueError, match=rf"{name}=0"):
         timing.time_fn(lambda x: x, jnp.ones(1), **kwargs)
+
+
+def test_check_ints():
+    from espcn_jax.ops import check_ints
+
+    assert check_ints(3, "k", 2, 1) == (3, 3)
+    assert check_ints((2, np.int64(4)), "k", 2, 1) == (2, 4)
+    for bad in [0, (1,), (1, 2, 3), 1.5, (True, 2), None, "ab"]:
+        with pytest.raises(ValueError, match=r"^k must be 2 integers >= 1, got "):
+            check_ints(bad, "k", 2, 1)
