@@ -156,11 +156,6 @@ def _tap_counts(n: int, k: int, pads: tuple[int, int], dilation: int = 1) -> tup
     return counts, n_out
 
 
-def _same_pads(k: int) -> tuple[int, int]:
-    """``lax`` "SAME" pads of a stride-1 correlation."""
-    return (k - 1) // 2, k - 1 - (k - 1) // 2
-
-
 def _real_taps(size: tuple[int, int], kernel: tuple[int, int], pads, dilation: int = 1):
     """``(taps_h, taps_w)`` real-sample counts per tap, and the output size."""
     (ch, oh), (cw, ow) = (
@@ -204,15 +199,17 @@ def _deconv(size, k: int, cin: int, cout: int, r: int) -> LayerCost:
     t_h, t_w = plans[0].taps, plans[1].taps
     taps_lr, (lh, lw) = _real_taps(size, (t_h, t_w), [p.lr_padding for p in plans])
     conv_out = cout * r * r
-    extra = 0
+    extra_macs = extra_adds = 0
     if subpixel.splits_last_channel(conv_out):
         # The last LR channel runs as per-tap matmuls over every input pixel (no padding skipped)
         # plus t_h*t_w - 1 shifted adds per output pixel (subpixel.lr_correlation).
         conv_out -= 1
-        extra = 2 * size[0] * size[1] * t_h * t_w * cin + (t_h * t_w - 1) * lh * lw
+        extra_macs = size[0] * size[1] * t_h * t_w * cin
+        extra_adds = (t_h * t_w - 1) * lh * lw
     macs_lr = int(taps_lr.sum()) * cin * conv_out
-    xla = _xla_mac_flops(macs_lr, t_h * t_w, cin, conv_out) + extra + bias
-    executed = 2 * lh * lw * t_h * t_w * cin * conv_out + extra + bias
+    xla_extra = _xla_mac_flops(extra_macs, t_h * t_w, cin, 1) + extra_adds
+    xla = _xla_mac_flops(macs_lr, t_h * t_w, cin, conv_out) + xla_extra + bias
+    executed = 2 * lh * lw * t_h * t_w * cin * conv_out + 2 * extra_macs + extra_adds + bias
     op = f"conv_transpose {k}x{k}/{r} {cin}->{cout} as LR conv {t_h}x{t_w} {cin}->{cout * r * r}"
     params = k * k * cin * cout + cout
     return LayerCost("deconv", op, params, useful, xla, executed, flops_executed_naive=naive)
@@ -220,8 +217,8 @@ def _deconv(size, k: int, cin: int, cout: int, r: int) -> LayerCost:
 
 def _tied(name: str, size, k: int, cin: int, cout: int, r: int) -> LayerCost:
     """An HR conv run as its tied LR image: the useful count is the HR conv's."""
-    hr = _conv(name, (size[0] * r, size[1] * r), k, cin, cout, (_same_pads(k),) * 2, "HR")
-    lo = _same_pads(k)[0]
+    hr = _conv(name, (size[0] * r, size[1] * r), k, cin, cout, (tied.same_pads(k),) * 2, "HR")
+    lo = tied.same_pads(k)[0]
     t, u_min = tied.lr_taps(k, r, lo)
     taps_lr, (lh, lw) = _real_taps(size, (t, t), ((-u_min, t - 1 + u_min),) * 2)
     c_in, c_out = cin * r * r, cout * r * r
@@ -249,14 +246,14 @@ def model_cost(config: ModelConfig, lr_size) -> ModelCost:
     for i, ((cin, cout), k) in enumerate(zip(channels, kernels, strict=True)):
         last = i == config.depth - 1
         if fam == "hr":
-            layers.append(_conv(f"conv{i}", hr, k, cin, cout, (_same_pads(k),) * 2, "HR"))
+            layers.append(_conv(f"conv{i}", hr, k, cin, cout, (tied.same_pads(k),) * 2, "HR"))
         elif fam == "lr_tied":
             layers.append(_tied(f"conv{i}", (h, w), k, cin, cout, r))
         elif fam == "deconv" and last:
             layers.append(_deconv((h, w), k, cin, cout, r))
         else:
             pads = config.upsample_padding if last else "SAME"
-            pads = (_same_pads(k),) * 2 if pads == "SAME" else pads
+            pads = (tied.same_pads(k),) * 2 if pads == "SAME" else pads
             layers.append(_conv(f"conv{i}", (h, w), k, cin, cout, pads, "LR"))
         if not last:
             grid = hr if fam == "hr" else (h, w)

@@ -279,3 +279,11 @@ def test_benchmark_models_tiny():
         for net in row["nets"].values():
             assert net["flops_xla"] == pytest.approx(net["flops_analytic"], rel=XLA_RTOL)
             assert math.isfinite(net["fraction_of_matmul"]) and net["latency_ms"] > 0
+
+
+def test_channel_remainder_with_a_scalar_tap_matmul():
+    """deconv 1 -> 1 at r = 3 with K = 2: 9 LR channels, 1x1 LR taps from 1 input channel. On CPU
+    the 9th channel's tap matmul is then a multiply for XLA (1 FLOP per MAC); found by hypothesis."""
+    config = ModelConfig(family="deconv", scale=3, depth=1, widths=(), kernel_sizes=(2,))
+    for lr_size in [(2, 2), (5, 7)]:
+        _check_against_xla(config, lr_size)
