@@ -40,6 +40,16 @@ def run(main: Callable[[list[str]], None]) -> None:
     app.run(guarded, flags_parser=_parse_flags)
 
 
+def define_tune_malloc_flag() -> flags.FlagHolder:
+    """``--[no]tune_malloc`` for the drivers that time calls (off by default)."""
+    return flags.DEFINE_bool(
+        "tune_malloc",
+        False,
+        "Recycle freed memory (glibc mallopt via espcn_jax.timing.tune_malloc) so that calls are "
+        "timed without page faults: computation only. Off: glibc's defaults, as users run.",
+    )
+
+
 def print_json(obj) -> None:
     """Writes ``obj`` as JSON to stdout (the only thing drivers print to stdout)."""
     json.dump(obj, sys.stdout, indent=2, sort_keys=False)

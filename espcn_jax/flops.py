@@ -16,7 +16,9 @@ FLOPs are counted per image of a stated LR size ``(h, w)``, per layer, three way
   equal to XLA's figure (up to its float32 accumulation: 1 ulp, ~1e-7 relative).
 - ``flops_executed``: the dense work of the op as run, every tap of every output (padding and
   structural zeros included). ``flops_executed_naive`` adds, for the transposed conv, what
-  ``lax.conv_transpose`` / ``nnx.ConvTranspose`` would execute on the zero-inserted grid (≈ r²x).
+  ``lax.conv_transpose`` / ``nnx.ConvTranspose`` executes when run as the lhs-dilated conv it
+  lowers to (≈ r²x; XLA:CPU's transposed-conv kernel skips the zeros but scatters through a
+  ``K²·C_out``-per-pixel buffer instead).
 
 What else is counted: the bicubic resize as :func:`bicubic.upscale_flops` (its executed 5-tap
 filters, identical in all three columns); the shuffle is a permutation (0). Activations cost what

@@ -20,9 +20,9 @@ from absl import flags
 from flax import nnx
 
 from espcn_jax import flops, solver
-from espcn_jax.cli import print_json, run
+from espcn_jax.cli import define_tune_malloc_flag, print_json, run
 from espcn_jax.models import model_from_config
-from espcn_jax.timing import time_fn
+from espcn_jax.timing import time_fn, tune_malloc
 
 flags.DEFINE_list(
     "budgets", ["1e4", "4.5e4", "1e5"], "FLOP budgets per --budget_unit (ESPCN: ~4.5e4/LR px)."
@@ -37,6 +37,7 @@ flags.DEFINE_string("activation", "tanh", "Hidden activation.")
 flags.DEFINE_string("lr_size", "360x640", "LR size HxW of the timed image (1080p output at x3).")
 flags.DEFINE_integer("repeats", 5, "Timed calls per net (median reported).")
 flags.DEFINE_integer("matmul_size", 2048, "n of the n x n x n float32 matmul reference.")
+TUNE_MALLOC = define_tune_malloc_flag()
 FLAGS = flags.FLAGS
 
 
@@ -92,6 +93,7 @@ def bench_net(config, lr_size: tuple[int, int], repeats: int, peak: float) -> di
 
 def main(argv: list[str]) -> None:
     del argv
+    malloc = tune_malloc() if TUNE_MALLOC.value else None  # first, before JAX allocates
     lr_size = flops.parse_size(FLAGS.lr_size)
     budgets = _positive_floats(FLAGS.budgets, "budgets")
     if FLAGS.repeats < 1:
@@ -129,6 +131,7 @@ def main(argv: list[str]) -> None:
                 "depth": FLAGS.depth,
                 "scheme": FLAGS.scheme,
                 "repeats": FLAGS.repeats,
+                "malloc": malloc,
                 **fields,
             },
             "matmul": matmul,

@@ -29,11 +29,11 @@ from flax import nnx
 from jax import lax
 
 from espcn_jax import subpixel
-from espcn_jax.cli import print_json, run
+from espcn_jax.cli import define_tune_malloc_flag, print_json, run
 from espcn_jax.flops import parse_size
 from espcn_jax.layers import FastConvTranspose
 from espcn_jax.ops import check_scale, pixel_shuffle
-from espcn_jax.timing import time_fn
+from espcn_jax.timing import time_fn, tune_malloc
 
 flags.DEFINE_list("scales", ["2", "3", "4"], "Upsampling factors r (transposed-conv strides).")
 flags.DEFINE_string("lr_size", "360x640", "LR input size HxW (640x360 landscape by default).")
@@ -42,7 +42,10 @@ flags.DEFINE_integer("in_channels", 32, "C_in of the upsampling layer.", lower_b
 flags.DEFINE_integer("out_channels", 1, "C_out of the upsampling layer.", lower_bound=1)
 flags.DEFINE_integer("k", 3, "LR kernel size: the HR kernel is (k*r) x (k*r).", lower_bound=1)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Activation and parameter dtype.")
-flags.DEFINE_integer("repeats", 3, "Timed calls per variant and round.", lower_bound=1)
+flags.DEFINE_integer("repeats", 3, "Timed calls per variant and round, at least.", lower_bound=1)
+flags.DEFINE_integer(
+    "min_time_ms", 200, "Per variant and round, call until this much time is filled.", lower_bound=0
+)
 flags.DEFINE_integer(
     "rounds", 3, "Rounds over all variants (interleaved against load drift).", lower_bound=1
 )
@@ -51,6 +54,7 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("seed", 0, "Seed of the input and the parameters.")
 flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+TUNE_MALLOC = define_tune_malloc_flag()
 FLAGS = flags.FLAGS
 
 SHUFFLE_SHARE_TARGET = 0.10  # the shuffle may cost at most this fraction of the LR conv before it
@@ -58,7 +62,9 @@ SPEEDUP_FACTOR = 0.7  # FastConvTranspose must be >= 0.7 * r**2 times faster tha
 TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2}  # max |err| / (1 + max |reference|)
 DN = ("NHWC", "HWIO", "NHWC")
 NOTES = {
-    "conv_transpose": "flax.nnx.ConvTranspose: XLA runs it as an lhs-dilated conv over the HR grid",
+    "conv_transpose": "flax.nnx.ConvTranspose: an lhs-dilated conv in HLO, which XLA:CPU runs as a "
+    "GEMM (LR pixels x C_in) @ (C_in x K^2 C_out) into a conv matrix, then a single-threaded "
+    "col2im scatter-add: no inserted zero is multiplied (see conv_matrix_mb)",
     "lax_conv_transpose": "jax.lax.conv_transpose with nnx's kernel and padding, plus the bias",
     "fast_conv_transpose": "espcn_jax.layers.FastConvTranspose, parameters copied from nnx",
     "zero_insertion": "espcn_jax.subpixel.zero_insertion_conv: zeros materialised, stride-1 conv",
@@ -72,10 +78,16 @@ NOTES = {
     "speedup": "conv_transpose_ms / fast_conv_transpose_ms (target >= 0.7 r^2)",
     "speedup_paired": "median over rounds of the same round's conv_transpose / fast ratio",
     "speedup_best": "ratio of the fastest calls (best_ms): the least load-sensitive estimate",
-    "round_medians_ms": "each variant's median per round; *_ms is the median of these",
+    "round_medians_ms": "each variant's median per round (calls filling --min_time_ms, at least "
+    "--repeats); *_ms is the median of these",
+    "minor_faults_per_call": "page faults per timed call (median over rounds): fresh buffers "
+    "cost ~2 us a 4 KiB page here; config.malloc says whether tune_malloc recycled them",
     "load_average_1min": "host load before/after timing this r: above cpu_count means contention",
-    "flops": "analytic, 2 x multiply-adds as executed (dilated convs multiply the inserted zeros); "
-    "'useful' counts each weight once per LR input pixel; 'xla' from cost_analysis()",
+    "flops": "analytic, 2 x multiply-adds as executed: conv_transpose's GEMM on XLA:CPU and the LR "
+    "conv do the useful ones (each weight once per LR input pixel); zero_insertion and resize_conv "
+    "multiply every tap on the HR grid (r^2 x useful); 'xla' from cost_analysis()",
+    "conv_matrix_mb": "size of the conv matrix XLA:CPU's transposed conv allocates per call (N h w "
+    "K^2 C_out floats): with glibc's defaults its pages are fresh on every call",
 }
 
 
@@ -90,6 +102,7 @@ class Config:
     k: int
     dtype: str
     repeats: int
+    min_time_ms: int
     rounds: int
     warmup: int
     seed: int
@@ -119,6 +132,7 @@ def config_from_flags() -> Config:
         k=FLAGS.k,
         dtype=FLAGS.dtype,
         repeats=FLAGS.repeats,
+        min_time_ms=FLAGS.min_time_ms,
         rounds=FLAGS.rounds,
         warmup=FLAGS.warmup,
         seed=FLAGS.seed,
@@ -219,16 +233,24 @@ def build(cfg: Config, r: int):
     return variants, errors, hr_plan.taps
 
 
+def conv_matrix_bytes(cfg: Config, r: int) -> int:
+    """The buffer XLA:CPU's transposed conv fills per call: K^2 C_out values per LR pixel."""
+    pixels = cfg.batch * cfg.lr_height * cfg.lr_width
+    return pixels * (cfg.k * r) ** 2 * cfg.out_channels * jnp.dtype(cfg.dtype).itemsize
+
+
 def analytic_flops(cfg: Config, r: int, taps: int) -> dict[str, int]:
-    """2 x multiply-adds per call as each variant executes them (no bias adds, no shuffles)."""
+    """2 x multiply-adds per call as each variant executes them on XLA:CPU (no bias adds, no
+    shuffles, no col2im adds)."""
     n, h, w = cfg.batch, cfg.lr_height, cfg.lr_width
     cc = cfg.in_channels * cfg.out_channels
     size = cfg.k * r
-    hr_conv = 2 * n * (h * r) * (w * r) * size * size * cc  # dilated/HR grid, every tap
+    useful = 2 * n * h * w * size * size * cc
+    hr_conv = 2 * n * (h * r) * (w * r) * size * size * cc  # HR grid, every tap
     lr_conv = 2 * n * h * w * taps * taps * cc * r * r
     return {
-        "useful": 2 * n * h * w * size * size * cc,
-        "conv_transpose": hr_conv,
+        "useful": useful,
+        "conv_transpose": useful,  # the GEMM of XLA:CPU's transposed conv
         "zero_insertion": hr_conv,
         "fast_conv_transpose": lr_conv,
         "resize_conv": hr_conv,
@@ -236,24 +258,32 @@ def analytic_flops(cfg: Config, r: int, taps: int) -> dict[str, int]:
     }
 
 
-def time_rounds(variants: dict, cfg: Config) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Median ms of each variant in each round, and each variant's fastest call overall; rounds
-    interleave the variants so that load from other processes drifts over all of them alike."""
-    rounds_ms: dict[str, list[float]] = {name: [] for name in variants}
-    best_ms = dict.fromkeys(variants, float("inf"))
+def time_rounds(variants: dict, cfg: Config) -> dict[str, dict]:
+    """Per variant: its median ms in each round (``rounds``), its fastest call (``best``) and its
+    page faults per call in each round (``faults``). Rounds interleave the variants so that load
+    from other processes drifts over all of them alike."""
+    out = {name: {"rounds": [], "best": float("inf"), "faults": []} for name in variants}
     for i in range(cfg.rounds):
         for name, (fn, args) in variants.items():
-            warmup = cfg.warmup if i == 0 else 1
-            stats = time_fn(fn, *args, warmup=warmup, repeats=cfg.repeats)
-            rounds_ms[name].append(stats["median_ms"])
-            best_ms[name] = min(best_ms[name], stats["min_ms"])
-    return rounds_ms, best_ms
+            stats = time_fn(
+                fn,
+                *args,
+                warmup=cfg.warmup if i == 0 else 1,
+                repeats=cfg.repeats,
+                min_time_s=cfg.min_time_ms / 1e3,
+            )
+            out[name]["rounds"].append(stats["median_ms"])
+            out[name]["best"] = min(out[name]["best"], stats["min_ms"])
+            out[name]["faults"].append(stats["minor_faults_per_call"])
+    return out
 
 
 def bench_scale(cfg: Config, r: int) -> dict:
     variants, errors, taps = build(cfg, r)
     load_before = os.getloadavg()[0]
-    rounds_ms, best_ms = time_rounds(variants, cfg)
+    timed = time_rounds(variants, cfg)
+    rounds_ms = {name: t["rounds"] for name, t in timed.items()}
+    best_ms = {name: t["best"] for name, t in timed.items()}
     ms = {name: statistics.median(values) for name, values in rounds_ms.items()}
     speedup = ms["conv_transpose"] / ms["fast_conv_transpose"]
     paired = [
@@ -269,6 +299,7 @@ def bench_scale(cfg: Config, r: int) -> dict:
         "r": r,
         "kernel_size": cfg.k * r,
         "lr_taps": taps,
+        "conv_matrix_mb": conv_matrix_bytes(cfg, r) / 1e6,
         **{f"{name}_ms": value for name, value in ms.items()},
         "shuffle_share": shuffle_share,
         "shuffle_meets_target": shuffle_share <= SHUFFLE_SHARE_TARGET,
@@ -282,6 +313,10 @@ def bench_scale(cfg: Config, r: int) -> dict:
         "flops": flops,
         "round_medians_ms": rounds_ms,
         "best_ms": best_ms,
+        "minor_faults_per_call": {
+            name: None if None in t["faults"] else statistics.median(t["faults"])
+            for name, t in timed.items()
+        },
         "load_average_1min": [load_before, os.getloadavg()[0]],
     }
 
@@ -304,7 +339,8 @@ def print_table(report: dict) -> None:
         f"device {report['device']['device_kind']} ({report['device']['platform']}), "
         f"N={cfg['batch']} LR {cfg['lr_height']}x{cfg['lr_width']}, "
         f"{cfg['in_channels']}->{cfg['out_channels']} channels, k={cfg['k']}, {cfg['dtype']}, "
-        f"median over {cfg['rounds']} rounds of medians of {cfg['repeats']} (ms)"
+        f"median over {cfg['rounds']} rounds of medians of >= {cfg['repeats']} calls "
+        f"filling {cfg['min_time_ms']} ms (ms); malloc tuned: {cfg['malloc'] is not None}"
     )
     cols = [
         ("conv_transpose_ms", "convT"),
@@ -332,9 +368,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected positional arguments: {argv[1:]}")
     cfg = config_from_flags()
+    malloc = tune_malloc() if TUNE_MALLOC.value else None  # first, before JAX allocates
     report = {
         "device": device_info(),
-        "config": dataclasses.asdict(cfg),
+        "config": dataclasses.asdict(cfg) | {"malloc": malloc},
         "notes": NOTES,
         "results": [bench_scale(cfg, r) for r in cfg.scales],
     }

@@ -21,8 +21,9 @@ from absl import flags
 from flax import nnx
 
 from espcn_jax import flops, solver
-from espcn_jax.cli import print_json, run
+from espcn_jax.cli import define_tune_malloc_flag, print_json, run
 from espcn_jax.models import ModelConfig, model_from_config
+from espcn_jax.timing import tune_malloc
 
 flags.DEFINE_string("family", "lr", "Network family: lr, hr, deconv, lr_tied.")
 flags.DEFINE_integer("depth", 3, "Conv layers, the upsampling layer included.")
@@ -39,6 +40,7 @@ flags.DEFINE_bool("residual", False, "Add the bicubic upscale of the input to th
 flags.DEFINE_bool("latency", True, "Measure the jitted forward pass on the default device.")
 flags.DEFINE_integer("repeats", 10, "Timed calls for the latency (median reported).")
 flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+TUNE_MALLOC = define_tune_malloc_flag()
 FLAGS = flags.FLAGS
 
 
@@ -130,9 +132,10 @@ def print_table(report: dict) -> None:
 
 def main(argv: list[str]) -> None:
     del argv
+    malloc = tune_malloc() if TUNE_MALLOC.value else None  # first, before JAX allocates
     lr_size = flops.parse_size(FLAGS.lr_size)
     config, solution = config_from_flags(lr_size)
-    report = cost_report(config, lr_size, FLAGS.latency, FLAGS.repeats)
+    report = cost_report(config, lr_size, FLAGS.latency, FLAGS.repeats) | {"malloc": malloc}
     if solution is not None:
         report["solver"] = solution
         report["widths"] = list(config.widths)

@@ -31,7 +31,13 @@ run_script = functools.partial(run_driver, "benchmark_upsamplers.py")
 @pytest.fixture(scope="module")
 def tiny_report() -> dict:
     proc = run_script(
-        "--lr_size=8x6", "--scales=2,3", "--repeats=1", "--rounds=2", "--in_channels=3", "--json"
+        "--lr_size=8x6",
+        "--scales=2,3",
+        "--repeats=1",
+        "--min_time_ms=0",
+        "--rounds=2",
+        "--in_channels=3",
+        "--json",
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -74,21 +80,46 @@ def test_variants_agree_with_conv_transpose(tiny_report):
 
 
 def test_analytic_flops(tiny_report):
-    """Dilated/HR-grid variants do r^2 times the useful multiply-adds; the LR conv does k^2 taps."""
+    """HR-grid variants do r^2 times the useful multiply-adds; XLA:CPU's transposed-conv GEMM and
+    the LR conv (k^2 taps) do the useful ones."""
     n, h, w, c_in, c_out, k = 1, 8, 6, 3, 1, 3
     for row in tiny_report["results"]:
         r, flops = row["r"], row["flops"]
         useful = 2 * n * h * w * (k * r) ** 2 * c_in * c_out
         assert flops["useful"] == useful
-        for name in ("conv_transpose", "zero_insertion", "resize_conv"):
+        for name in ("zero_insertion", "resize_conv"):
             assert flops[name] == r * r * useful
         assert row["lr_taps"] == k  # SAME with K = k*r, k odd: exactly k LR taps
-        assert flops["fast_conv_transpose"] == flops["lr_conv"] == useful
+        assert flops["conv_transpose"] == flops["fast_conv_transpose"] == flops["lr_conv"] == useful
+        assert row["conv_matrix_mb"] == pytest.approx(n * h * w * (k * r) ** 2 * c_out * 4 / 1e6)
         assert set(flops["xla"]) == set(TIMED)
 
 
+def test_page_faults_and_malloc_setting_are_reported(tiny_report):
+    assert tiny_report["config"]["malloc"] is None  # glibc's defaults unless --tune_malloc
+    assert tiny_report["config"]["min_time_ms"] == 0
+    for row in tiny_report["results"]:
+        faults = row["minor_faults_per_call"]
+        assert set(faults) == set(TIMED)
+        assert all(v is None or v >= 0 for v in faults.values())
+
+
+def test_tune_malloc_flag_is_recorded():
+    proc = run_script(
+        "--lr_size=4x4", "--scales=2", "--repeats=1", "--min_time_ms=0", "--rounds=1",
+        "--in_channels=2", "--tune_malloc", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    malloc = json.loads(proc.stdout)["config"]["malloc"]
+    if malloc is not None:  # glibc
+        assert malloc["arena_max"] == 1 and malloc["mmap_max"] == 0
+
+
 def test_table_output():
-    proc = run_script("--lr_size=4x4", "--scales=2", "--repeats=1", "--rounds=1", "--in_channels=2")
+    proc = run_script(
+        "--lr_size=4x4", "--scales=2", "--repeats=1", "--min_time_ms=0", "--rounds=1",
+        "--in_channels=2",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "speedup" in proc.stdout and "resize+conv" in proc.stdout
     assert proc.stdout.count("\n") >= 3

@@ -396,14 +396,75 @@ def fake_clock(monkeypatch, fn: ScriptedFn) -> None:
     monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: fn.now_s))
 
 
-KEYS = {"median_ms", "min_ms", "p25_ms", "p75_ms", "compile_ms", "repeats"}
+KEYS = {"median_ms", "min_ms", "p25_ms", "p75_ms", "compile_ms", "repeats", "minor_faults_per_call"}
 
 
 def test_time_fn_returns_documented_keys_for_plain_function():
     stats = timing.time_fn(lambda x: x + 1, jnp.ones(3), warmup=1, repeats=3)
     assert set(stats) == KEYS
     assert stats["repeats"] == 3
+    if stats["minor_faults_per_call"] is None:  # no resource module (Windows)
+        del stats["minor_faults_per_call"]
     assert all(np.isfinite(v) and v >= 0 for v in stats.values())
+
+
+@pytest.mark.skipif(timing.resource is None, reason="no resource module")
+def test_time_fn_counts_page_faults_of_fresh_pages():
+    """Each call writes one byte into each of 64 freshly mapped pages: >= 64 faults a call."""
+    import mmap
+
+    pages = 64
+
+    def touch(x):
+        buf = mmap.mmap(-1, pages * mmap.PAGESIZE)
+        for i in range(pages):
+            buf[i * mmap.PAGESIZE] = 1
+        buf.close()
+        return x
+
+    touch.lower = None  # looks jitted: time_fn calls it as it is
+    stats = timing.time_fn(touch, jnp.ones(1), warmup=1, repeats=5)
+    assert stats["minor_faults_per_call"] >= pages
+
+
+def test_time_fn_reports_faults_from_rusage(monkeypatch):
+    """minor_faults_per_call = (ru_minflt after - before) / timed calls."""
+    counts = iter([100, 160])
+    monkeypatch.setattr(timing, "_minor_faults", lambda: next(counts))
+    fn = ScriptedFn([1.0])
+    fake_clock(monkeypatch, fn)
+    stats = timing.time_fn(fn, jnp.ones(1), warmup=1, repeats=4)
+    assert stats["minor_faults_per_call"] == pytest.approx(15.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"arena_max": 0}, {"mmap_max": -1}, {"trim_threshold": 2**31}, {"trim_threshold": -1}],
+)
+def test_tune_malloc_rejects_values_mallopt_cannot_take(kwargs):
+    ((name, value),) = kwargs.items()
+    with pytest.raises(ValueError, match=rf"^tune_malloc needs .*{name}={value}"):
+        timing.tune_malloc(**kwargs)
+
+
+def test_tune_malloc_in_a_fresh_process():
+    """Applied where the C library is glibc (reported back), a no-op (None) elsewhere."""
+    import subprocess
+    import sys
+
+    code = "from espcn_jax import timing; print(timing.tune_malloc())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    line = out.stdout.strip()
+    try:
+        import ctypes
+
+        glibc = ctypes.CDLL("libc.so.6").gnu_get_libc_version is not None
+    except (OSError, AttributeError):
+        glibc = False
+    if glibc and sys.platform.startswith("linux"):
+        assert "'arena_max': 1, 'mmap_max': 0, 'trim_threshold': 2147483647}" in line, line
+    else:
+        assert line == "None"
 
 
 def test_time_fn_statistics_on_a_fake_clock(monkeypatch):
