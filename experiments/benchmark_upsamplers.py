@@ -78,6 +78,8 @@ NOTES = {
     "speedup": "conv_transpose_ms / fast_conv_transpose_ms (target >= 0.7 r^2)",
     "speedup_paired": "median over rounds of the same round's conv_transpose / fast ratio",
     "speedup_best": "ratio of the fastest calls (best_ms): the least load-sensitive estimate",
+    "fast_budget_ms": "conv_transpose_ms / speedup_target: the most FastConvTranspose may take; "
+    "when lr_conv_ms alone exceeds it, no shuffle can meet the target",
     "round_medians_ms": "each variant's median per round (calls filling --min_time_ms, at least "
     "--repeats); *_ms is the median of these",
     "minor_faults_per_call": "page faults per timed call (median over rounds): fresh buffers "
@@ -308,6 +310,7 @@ def bench_scale(cfg: Config, r: int) -> dict:
         "speedup_paired": statistics.median(paired),
         "speedup_best": best_ms["conv_transpose"] / best_ms["fast_conv_transpose"],
         "speedup_target": SPEEDUP_FACTOR * r * r,
+        "fast_budget_ms": ms["conv_transpose"] / (SPEEDUP_FACTOR * r * r),
         "meets_target": speedup >= SPEEDUP_FACTOR * r * r,
         "max_abs_err": errors,
         "flops": flops,

@@ -63,6 +63,7 @@ def test_json_schema(tiny_report):
         assert row["shuffle_share"] == pytest.approx(row["pixel_shuffle_ms"] / row["lr_conv_ms"])
         assert row["speedup_target"] == pytest.approx(0.7 * r * r)
         assert row["meets_target"] == (row["speedup"] >= row["speedup_target"])
+        assert row["fast_budget_ms"] == pytest.approx(row["conv_transpose_ms"] / (0.7 * r * r))
         assert row["kernel_size"] == 3 * r
 
 
