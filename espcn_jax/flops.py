@@ -12,7 +12,8 @@ FLOPs are counted per image of a stated LR size ``(h, w)``, per layer, three way
   ``flops`` only where a layer runs a re-indexed kernel with structural zeros (``deconv`` with
   ``K`` not giving whole LR taps, every ``lr_tied`` layer), and for a 1x1 conv from 1 to 1
   channel, which XLA's simplifier turns into a multiply and counts 1 FLOP per output, not 2
-  (or folds into a neighbouring linear op: such degenerate nets are outside the model). Tested
+  (or folds into a neighbouring linear op: such degenerate nets are outside the model), and where
+  the CPU channel-remainder split makes XLA recompute a cheap producer (``XLA_DUPLICATED``). Tested
   equal to XLA's figure (up to its float32 accumulation: 1 ulp, ~1e-7 relative).
 - ``flops_executed``: the dense work of the op as run, every tap of every output (padding and
   structural zeros included). ``flops_executed_naive`` adds, for the transposed conv, what
@@ -52,6 +53,10 @@ ACTIVATION_COST: dict[str, tuple[int, int]] = {
     "identity": (0, 0),
 }
 assert set(ACTIVATION_COST) == set(ACTIVATIONS)
+# Activations cheap enough that XLA's fusion recomputes "bias add + activation" in each consumer
+# instead of storing it once: it does so for the two consumers of the CPU channel-remainder split
+# (subpixel.lr_correlation), so XLA counts that producer twice. Measured in tests/test_flops.py.
+XLA_DUPLICATED = frozenset({"identity", "relu"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,8 +195,13 @@ def _conv(name: str, size, k: int, cin: int, cout: int, pads, where: str) -> Lay
     return LayerCost(name, op, k * k * cin * cout + cout, 2 * macs + bias, xla, executed)
 
 
-def _deconv(size, k: int, cin: int, cout: int, r: int) -> LayerCost:
-    """Stride-``r`` transposed conv ("SAME"), run by FastConvTranspose as LR conv + shuffle."""
+def _deconv(size, k: int, cin: int, cout: int, r: int, producer_flops: int = 0) -> LayerCost:
+    """Stride-``r`` transposed conv ("SAME"), run by FastConvTranspose as LR conv + shuffle.
+
+    ``producer_flops``: the elementwise cost per input element of the op that computes this
+    layer's input (the previous conv's bias add and activation), which XLA recomputes for the
+    second consumer when the channel-remainder path splits the layer (see ``XLA_DUPLICATED``).
+    """
     plans = subpixel.plan((k, k), r, "SAME")
     pads = [p.padding for p in plans]
     taps_z, (oh, ow) = _real_taps(size, (k, k), pads, dilation=r)
@@ -207,7 +217,7 @@ def _deconv(size, k: int, cin: int, cout: int, r: int) -> LayerCost:
         # plus t_h*t_w - 1 shifted adds per output pixel (subpixel.lr_correlation).
         conv_out -= 1
         extra_macs = size[0] * size[1] * t_h * t_w * cin
-        extra_adds = (t_h * t_w - 1) * lh * lw
+        extra_adds = (t_h * t_w - 1) * lh * lw + producer_flops * size[0] * size[1] * cin
     macs_lr = int(taps_lr.sum()) * cin * conv_out
     xla_extra = _xla_mac_flops(extra_macs, t_h * t_w, cin, 1) + extra_adds
     xla = _xla_mac_flops(macs_lr, t_h * t_w, cin, conv_out) + xla_extra + bias
@@ -252,7 +262,8 @@ def model_cost(config: ModelConfig, lr_size) -> ModelCost:
         elif fam == "lr_tied":
             layers.append(_tied(f"conv{i}", (h, w), k, cin, cout, r))
         elif fam == "deconv" and last:
-            layers.append(_deconv((h, w), k, cin, cout, r))
+            dup = 1 + ACTIVATION_COST[act][0] if i and act in XLA_DUPLICATED else 0
+            layers.append(_deconv((h, w), k, cin, cout, r, dup))
         else:
             pads = config.upsample_padding if last else "SAME"
             pads = (tied.same_pads(k),) * 2 if pads == "SAME" else pads

@@ -287,3 +287,29 @@ def test_channel_remainder_with_a_scalar_tap_matmul():
     config = ModelConfig(family="deconv", scale=3, depth=1, widths=(), kernel_sizes=(2,))
     for lr_size in [(2, 2), (5, 7)]:
         _check_against_xla(config, lr_size)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("depth,residual", [(2, False), (3, True)])
+def test_channel_remainder_recomputes_a_cheap_producer(activation, depth, residual):
+    """deconv at r = 3, C = 1 splits 9 LR channels into a conv and a tap matmul, two consumers of
+    the previous layer. XLA recomputes a cheap producer (bias add, + relu's max) for each of them
+    and counts it twice (``flops.XLA_DUPLICATED``); found by hypothesis: widths (2,), 1x1 kernels,
+    identity, LR 2x2 gave XLA 212 FLOPs against 204."""
+    config = ModelConfig(
+        family="deconv",
+        scale=3,
+        depth=depth,
+        widths=(2,) * (depth - 1),
+        kernel_sizes=(1,) * depth,
+        activation=activation,
+        residual=residual,
+    )
+    for lr_size in [(2, 2), (9, 7)]:
+        _check_against_xla(config, lr_size)
+    doubled = flops.model_cost(config, (2, 2)).layers[-1 - residual]
+    producer = 4 * 2 * (1 + flops.ACTIVATION_COST[activation][0])
+    plain = flops.model_cost(config.replace(activation="tanh"), (2, 2)).layers[-1 - residual]
+    assert doubled.flops_xla - plain.flops_xla == (
+        producer if activation in flops.XLA_DUPLICATED else 0
+    )
