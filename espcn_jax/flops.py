@@ -184,15 +184,40 @@ def _xla_mac_flops(macs: int, taps: int, cin: int, cout: int) -> int:
     return macs if taps * cin * cout == 1 else 2 * macs
 
 
-def _conv(name: str, size, k: int, cin: int, cout: int, pads, where: str) -> LayerCost:
+def _split(size, taps: tuple[int, int], out: tuple[int, int], cin: int, cout: int, producer: int):
+    """``(conv_out, xla_extra, executed_extra)`` of an LR correlation run by
+    :func:`subpixel.lr_correlation`: when it splits off the last of ``cout`` channels, that
+    channel runs as per-tap matmuls over every input pixel (no padding skipped) plus
+    ``taps - 1`` shifted adds per output pixel, and XLA recomputes a cheap producer of the
+    input (``producer`` FLOPs per input element, see ``XLA_DUPLICATED``) for the second consumer.
+    """
+    if not subpixel.splits_last_channel(cout):
+        return cout, 0, 0
+    n_taps = taps[0] * taps[1]
+    macs = size[0] * size[1] * n_taps * cin
+    adds = (n_taps - 1) * out[0] * out[1] + producer * size[0] * size[1] * cin
+    return cout - 1, _xla_mac_flops(macs, n_taps, cin, 1) + adds, 2 * macs + adds
+
+
+def _conv(
+    name: str, size, k: int, cin: int, cout: int, pads, where: str, split_producer=None
+) -> LayerCost:
     """A dense stride-1 conv with bias: useful == XLA's count (but for 1x1x1x1 kernels);
-    executed counts padding taps too."""
+    executed counts padding taps too. ``split_producer`` (FLOPs per input element of the op
+    feeding it), when not None: the conv runs as :func:`subpixel.lr_correlation`."""
     taps, (oh, ow) = _real_taps(size, (k, k), pads)
     macs, bias = int(taps.sum()) * cin * cout, oh * ow * cout
-    xla = _xla_mac_flops(macs, k * k, cin, cout) + bias
-    executed = 2 * oh * ow * k * k * cin * cout + bias
+    useful = 2 * macs + bias
+    conv_out, xla_extra, executed_extra = cout, 0, 0
+    if split_producer is not None:
+        conv_out, xla_extra, executed_extra = _split(
+            size, (k, k), (oh, ow), cin, cout, split_producer
+        )
+    macs = int(taps.sum()) * cin * conv_out
+    xla = _xla_mac_flops(macs, k * k, cin, conv_out) + xla_extra + bias
+    executed = 2 * oh * ow * k * k * cin * conv_out + executed_extra + bias
     op = f"conv {k}x{k} {cin}->{cout} on {where} {size[0]}x{size[1]}"
-    return LayerCost(name, op, k * k * cin * cout + cout, 2 * macs + bias, xla, executed)
+    return LayerCost(name, op, k * k * cin * cout + cout, useful, xla, executed)
 
 
 def _deconv(size, k: int, cin: int, cout: int, r: int, producer_flops: int = 0) -> LayerCost:
@@ -210,18 +235,12 @@ def _deconv(size, k: int, cin: int, cout: int, r: int, producer_flops: int = 0) 
     naive = 2 * oh * ow * k * k * cin * cout + bias
     t_h, t_w = plans[0].taps, plans[1].taps
     taps_lr, (lh, lw) = _real_taps(size, (t_h, t_w), [p.lr_padding for p in plans])
-    conv_out = cout * r * r
-    extra_macs = extra_adds = 0
-    if subpixel.splits_last_channel(conv_out):
-        # The last LR channel runs as per-tap matmuls over every input pixel (no padding skipped)
-        # plus t_h*t_w - 1 shifted adds per output pixel (subpixel.lr_correlation).
-        conv_out -= 1
-        extra_macs = size[0] * size[1] * t_h * t_w * cin
-        extra_adds = (t_h * t_w - 1) * lh * lw + producer_flops * size[0] * size[1] * cin
+    conv_out, xla_extra, executed_extra = _split(
+        size, (t_h, t_w), (lh, lw), cin, cout * r * r, producer_flops
+    )
     macs_lr = int(taps_lr.sum()) * cin * conv_out
-    xla_extra = _xla_mac_flops(extra_macs, t_h * t_w, cin, 1) + extra_adds
     xla = _xla_mac_flops(macs_lr, t_h * t_w, cin, conv_out) + xla_extra + bias
-    executed = 2 * lh * lw * t_h * t_w * cin * conv_out + 2 * extra_macs + extra_adds + bias
+    executed = 2 * lh * lw * t_h * t_w * cin * conv_out + executed_extra + bias
     op = f"conv_transpose {k}x{k}/{r} {cin}->{cout} as LR conv {t_h}x{t_w} {cin}->{cout * r * r}"
     params = k * k * cin * cout + cout
     return LayerCost("deconv", op, params, useful, xla, executed, flops_executed_naive=naive)
@@ -255,6 +274,8 @@ def model_cost(config: ModelConfig, lr_size) -> ModelCost:
         kind = "upscale_phases" if fam == "lr_tied" else "upscale"
         layers.append(_fixed("bicubic", f"bicubic.{kind} x{r}", bicubic.upscale_flops(h, w, c, r)))
     channels, kernels = config.layer_channels(), config.kernel_sizes
+    # XLA recomputes a cheap previous layer's bias add + activation for a split conv's two parts.
+    producer = 1 + ACTIVATION_COST[act][0] if config.depth > 1 and act in XLA_DUPLICATED else 0
     for i, ((cin, cout), k) in enumerate(zip(channels, kernels, strict=True)):
         last = i == config.depth - 1
         if fam == "hr":
@@ -262,12 +283,12 @@ def model_cost(config: ModelConfig, lr_size) -> ModelCost:
         elif fam == "lr_tied":
             layers.append(_tied(f"conv{i}", (h, w), k, cin, cout, r))
         elif fam == "deconv" and last:
-            dup = 1 + ACTIVATION_COST[act][0] if i and act in XLA_DUPLICATED else 0
-            layers.append(_deconv((h, w), k, cin, cout, r, dup))
+            layers.append(_deconv((h, w), k, cin, cout, r, producer))
         else:
             pads = config.upsample_padding if last else "SAME"
             pads = (tied.same_pads(k),) * 2 if pads == "SAME" else pads
-            layers.append(_conv(f"conv{i}", (h, w), k, cin, cout, pads, "LR"))
+            split = producer if last else None  # lr's sub-pixel conv: subpixel.lr_correlation
+            layers.append(_conv(f"conv{i}", (h, w), k, cin, cout, pads, "LR", split))
         if not last:
             grid = hr if fam == "hr" else (h, w)
             per_image = grid[0] * grid[1] * cout * (r * r if fam == "lr_tied" else 1)

@@ -183,12 +183,16 @@ def _convs(
     config: ModelConfig, count: int, rngs: nnx.Rngs, last_padding="SAME", last_init=None
 ) -> nnx.List:
     """The first ``count`` conv layers of ``config`` as ``nnx.Conv``; the options apply to layer
-    ``depth - 1`` (the sub-pixel conv of ``lr``) when ``count`` reaches it."""
+    ``depth - 1`` (the sub-pixel conv of ``lr``) when ``count`` reaches it, which also runs as
+    FastConvTranspose's LR conv does (``subpixel.conv_general_dilated``), so that ``lr`` and
+    ``deconv`` nets of the same widths execute the same LR convolution."""
     layers = []
     channels = config.layer_channels()[:count]
     for i, ((cin, cout), k) in enumerate(zip(channels, config.kernel_sizes, strict=False)):
         last = i == config.depth - 1
-        init = {"kernel_init": last_init} if last and last_init is not None else {}
+        options = {"kernel_init": last_init} if last and last_init is not None else {}
+        if last:
+            options["conv_general_dilated"] = subpixel.conv_general_dilated
         layers.append(
             nnx.Conv(
                 cin,
@@ -198,7 +202,7 @@ def _convs(
                 dtype=config.dtype,
                 param_dtype=config.param_dtype,
                 rngs=rngs,
-                **init,
+                **options,
             )
         )
     return nnx.List(layers)

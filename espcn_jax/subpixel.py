@@ -336,6 +336,52 @@ def lr_correlation(
     return jnp.concatenate([conv(kernel_HWIO[..., :-1]), last[..., None]], axis=-1)
 
 
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    out_sharding=None,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` that runs a plain 2-D NHWC correlation as :func:`lr_correlation`.
+
+    For ``nnx.Conv(..., conv_general_dilated=subpixel.conv_general_dilated)``: the ESPCN sub-pixel
+    conv then runs exactly as FastConvTranspose's LR conv (on CPU, a channel past a block of 8 as
+    tap matmuls). Anything else (strides, dilations, groups, other layouts, a sharding) goes to
+    ``lax.conv_general_dilated`` unchanged.
+    """
+    plain = (
+        lhs.ndim == 4
+        and rhs.ndim == 4
+        and tuple(window_strides) == (1, 1)
+        and tuple(lhs_dilation or (1, 1)) == (1, 1)
+        and tuple(rhs_dilation or (1, 1)) == (1, 1)
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and out_sharding is None
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN)
+    )
+    if plain and splits_last_channel(rhs.shape[-1]):
+        if isinstance(padding, str):
+            padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+        return lr_correlation(
+            lhs, rhs, tuple(map(tuple, padding)), precision, preferred_element_type
+        )
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type, out_sharding=out_sharding,
+    )  # fmt: skip
+
+
 def lr_conv_shuffle(
     x_NHWC: jax.Array,
     kernel_lr_HWIO: jax.Array,

@@ -81,6 +81,7 @@ def bench_net(config, lr_size: tuple[int, int], repeats: int, peak: float) -> di
         "widths": list(config.widths),
         "flops_analytic": cost.flops,
         "flops_xla": flops.xla_cost(model, shape)["flops"],
+        "flops_xla_model": cost.flops_xla,
         "flops_executed": cost.flops_executed,
         "params": cost.params,
         "latency_ms": t["median_ms"],

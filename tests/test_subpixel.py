@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -261,3 +262,53 @@ def test_lr_correlation_equals_lax_conv(channels, padding):
     want = jax.grad(lambda x, k: jnp.sum(jnp.sin(ref(x, k))), (0, 1))(x, kernel)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("out_features", [8, 9, 17])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((1, 0), (2, 1)), 1])
+def test_nnx_conv_through_conv_general_dilated(out_features, padding):
+    """nnx.Conv with ``conv_general_dilated=subpixel.conv_general_dilated`` (the ESPCN sub-pixel
+    conv) is nnx.Conv: same parameters, outputs and gradients, jitted."""
+    from flax import nnx
+
+    make = functools.partial(nnx.Conv, 5, out_features, (3, 3), padding=padding)
+    plain = make(rngs=nnx.Rngs(0))
+    routed = make(conv_general_dilated=subpixel.conv_general_dilated, rngs=nnx.Rngs(0))
+    x = _random((2, 6, 7, 5), seed=out_features)
+
+    def loss(conv, x):
+        return jnp.sum(jnp.sin(conv(x)))
+
+    np.testing.assert_allclose(routed(x), plain(x), rtol=1e-5, atol=1e-5)
+    (g_routed, gx_routed), (g_plain, gx_plain) = (
+        nnx.jit(nnx.grad(loss, argnums=(0, 1)))(conv, x) for conv in (routed, plain)
+    )
+    np.testing.assert_allclose(gx_routed, gx_plain, rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(g_routed), jax.tree.leaves(g_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"window_strides": (2, 1)},
+        {"rhs_dilation": (2, 2)},
+        {"lhs_dilation": (1, 2), "padding": ((1, 1), (1, 1))},
+        {"feature_group_count": 3},
+        {"dimension_numbers": ("NCHW", "OIHW", "NCHW")},
+    ],
+)
+def test_conv_general_dilated_defers_to_lax_otherwise(kwargs):
+    """Strides, dilations, groups or another layout: exactly lax's op (bit for bit)."""
+    args = {"window_strides": (1, 1), "padding": "SAME", **kwargs}
+    x = _random((1, 6, 7, 6), seed=3)
+    groups = args.get("feature_group_count", 1)
+    kernel = _random((3, 3, 6 // groups, 9), seed=4)
+    if "dimension_numbers" in args:
+        x, kernel = x.transpose(0, 3, 1, 2), kernel.transpose(3, 2, 0, 1)
+    else:
+        args["dimension_numbers"] = ("NHWC", "HWIO", "NHWC")
+    np.testing.assert_array_equal(
+        jax.jit(lambda x, k: subpixel.conv_general_dilated(x, k, **args))(x, kernel),
+        jax.jit(lambda x, k: lax.conv_general_dilated(x, k, **args))(x, kernel),
+    )
