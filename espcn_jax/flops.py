@@ -191,7 +191,7 @@ def _split(size, taps: tuple[int, int], out: tuple[int, int], cin: int, cout: in
     ``taps - 1`` shifted adds per output pixel, and XLA recomputes a cheap producer of the
     input (``producer`` FLOPs per input element, see ``XLA_DUPLICATED``) for the second consumer.
     """
-    if not subpixel.splits_last_channel(cout):
+    if not subpixel.splits_last_channel(cout, cin):
         return cout, 0, 0
     n_taps = taps[0] * taps[1]
     macs = size[0] * size[1] * n_taps * cin

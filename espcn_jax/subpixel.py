@@ -285,17 +285,25 @@ def zero_insertion_conv(
     )  # fmt: skip
 
 
-# XLA:CPU's convolution computes output channels in blocks of 8: a 9-channel conv (the ESPCN Y x3
-# sub-pixel layer) costs as much as a 16-channel one (measured, 32 -> C channels, 3x3, 360x640 input,
-# 2-core CPU: 14.6 ms for 9 channels, 8.1 ms for 8). One channel past a block is cheaper as per-tap
-# matmuls plus shifted sums (3.4 ms, vs 6.1 ms as a 1-channel conv). benchmark_upsamplers.py's r = 3
-# row shows the effect on FastConvTranspose.
+# XLA:CPU (YNNPACK, jax 0.10) computes conv output channels in blocks of 8: a 9-channel conv (the
+# ESPCN Y x3 sub-pixel layer) costs about as much as a 16-channel one (32 -> 9 channels, 3x3,
+# 360x640 input, 2-core CPU: 15.3 ms, vs 7.8 ms for 8 and 13.3 ms for 16). One channel past a
+# block is cheaper as per-tap matmuls plus shifted sums (~3 ms) when the conv reads more than 16
+# input channels; with 16 or fewer the plain conv is faster (1 -> 9: 6.0 vs 8.2 ms, 16 -> 9:
+# 11.0 vs 13.9; 17 -> 9: 29.5 vs 20.0, 32 -> 9: 15.2 vs 13.0; BUILD_NOTES.md).
 _CPU_CHANNEL_BLOCK = 8
+_SPLIT_MIN_IN_CHANNELS = 17
 
 
-def splits_last_channel(channels: int) -> bool:
-    """Whether :func:`lr_correlation` computes the last of ``channels`` outputs as tap matmuls."""
-    return jax.default_backend() == "cpu" and channels > 1 and channels % _CPU_CHANNEL_BLOCK == 1
+def splits_last_channel(channels: int, in_channels: int) -> bool:
+    """Whether :func:`lr_correlation` computes the last of ``channels`` outputs (of a conv reading
+    ``in_channels``) as tap matmuls."""
+    return (
+        jax.default_backend() == "cpu"
+        and channels % _CPU_CHANNEL_BLOCK == 1
+        and channels > 1
+        and in_channels >= _SPLIT_MIN_IN_CHANNELS
+    )
 
 
 def lr_correlation(
@@ -308,8 +316,9 @@ def lr_correlation(
     """Stride-1 correlation, as ``lax.conv_general_dilated`` (explicit, possibly negative pads).
 
     On CPU, when the output channels are one more than a multiple of the convolution's channel
-    block, the last channel is computed as per-tap matmuls and shifted sums instead (same result
-    up to float32 summation order).
+    block and there are more than 16 input channels (:func:`splits_last_channel`), the last
+    channel is computed as per-tap matmuls and shifted sums instead (same result up to float32
+    summation order).
     """
 
     def conv(kernel):
@@ -318,7 +327,7 @@ def lr_correlation(
             preferred_element_type=preferred_element_type,
         )  # fmt: skip
 
-    if not splits_last_channel(kernel_HWIO.shape[-1]):
+    if not splits_last_channel(kernel_HWIO.shape[-1], kernel_HWIO.shape[-2]):
         return conv(kernel_HWIO)
     th, tw = kernel_HWIO.shape[:2]
     taps = jnp.einsum(  # (N, H, W, th, tw): every tap of the last channel at every input pixel
@@ -369,7 +378,7 @@ def conv_general_dilated(
         and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
         == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN)
     )
-    if plain and splits_last_channel(rhs.shape[-1]):
+    if plain and splits_last_channel(rhs.shape[-1], rhs.shape[-2]):
         if isinstance(padding, str):
             padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
         return lr_correlation(

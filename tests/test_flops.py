@@ -75,7 +75,10 @@ def configs(draw):
         scale=scale,
         channels=draw(st.sampled_from([1, 3])),
         depth=depth,
-        widths=draw(st.lists(st.integers(1, 6), min_size=depth - 1, max_size=depth - 1)),
+        # 17 reaches the CPU channel split of a following 8m+1-channel conv (>= 17 inputs).
+        widths=draw(
+            st.lists(st.sampled_from([1, 2, 3, 5, 6, 17]), min_size=depth - 1, max_size=depth - 1)
+        ),
         kernel_sizes=kernels,
         activation=draw(st.sampled_from(sorted(ACTIVATIONS))),
         residual=draw(st.booleans()),
@@ -108,6 +111,10 @@ def _check_against_xla(config: ModelConfig, lr_size: tuple[int, int]) -> None:
 @settings(max_examples=30, deadline=None)
 @given(configs())
 @example((ModelConfig(family="deconv", scale=2, kernel_sizes=(5, 3, 9), widths=(4, 3)), (7, 9)))
+@example(
+    (ModelConfig(family="deconv", scale=3, depth=2, kernel_sizes=(3, 9), widths=(17,)), (5, 4))
+)
+@example((ModelConfig(family="lr", scale=3, activation="relu", widths=(4, 17)), (4, 6)))
 @example((ModelConfig(family="lr_tied", scale=3, residual=True, widths=(4, 3)), (5, 4)))
 @example((ModelConfig(family="hr", scale=2, activation="gelu", widths=(4, 3)), (6, 5)))
 @example((ModelConfig(family="lr", scale=2, kernel_sizes=(5, 3, 2), widths=(4, 3),
@@ -133,7 +140,7 @@ def test_espcn_by_hand():
     assert cost.params == sum(k * k * ci * co + co for k, ci, co in shapes) == 22729
     dense = sum(360 * 640 * (2 * k * k * ci * co + co) for k, ci, co in shapes)
     # On CPU the 9th channel runs as tap matmuls (as dense) plus 8 shifted adds per LR pixel.
-    split = 8 * 360 * 640 if subpixel.splits_last_channel(9) else 0
+    split = 8 * 360 * 640 if subpixel.splits_last_channel(9, 32) else 0
     assert cost.flops_executed == dense + split  # every tap, padding too; bias adds; tanh: 0
     assert [layer.name for layer in cost.layers] == ["conv0", "act0", "conv1", "act1", "conv2",
                                                       "shuffle"]  # fmt: skip
@@ -148,14 +155,14 @@ def test_espcn_by_hand():
 def test_deconv_useful_vs_executed():
     """K = 3r: FastConvTranspose runs exactly the useful taps (interior), nnx.ConvTranspose ~r^2
     more; K = 9 at r = 2 needs 5x5 LR taps for 81 weights: 100/81 of the useful work. At r = 3 on
-    CPU the 9th LR channel runs as tap matmuls: 8 shifted adds per pixel on top of 2*9*8*9 FLOPs."""
-    r3_ratio = 1 + 8 / (2 * 9 * 8 * 9) if subpixel.splits_last_channel(9) else 1.0
+    CPU the 9th LR channel runs as tap matmuls: 8 shifted adds per pixel on top of 2*9*20*9 FLOPs."""
+    r3_ratio = 1 + 8 / (2 * 9 * 20 * 9) if subpixel.splits_last_channel(9, 20) else 1.0
     for r, k, ratio in [(3, 9, r3_ratio), (2, 9, 100 / 81), (4, 12, 1.0)]:
-        config = ModelConfig(family="deconv", scale=r, kernel_sizes=(5, 3, k), widths=(8, 8))
+        config = ModelConfig(family="deconv", scale=r, kernel_sizes=(5, 3, k), widths=(8, 20))
         layer = flops.model_cost(config, (200, 300)).layers[-1]
         assert layer.name == "deconv"
         bias = 200 * 300 * r * r
-        interior = 2 * 200 * 300 * r * r * 8 * (k / r) ** 2
+        interior = 2 * 200 * 300 * r * r * 20 * (k / r) ** 2
         assert (layer.flops_executed - bias) / interior == pytest.approx(ratio, rel=2e-3)
         assert (layer.flops_executed_naive - bias) / interior == pytest.approx(r * r, rel=1e-9)
         assert (layer.flops - bias) / interior == pytest.approx(1.0, rel=2e-2)
@@ -295,26 +302,28 @@ def test_channel_remainder_with_a_scalar_tap_matmul():
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
-@pytest.mark.parametrize("depth,residual", [(2, False), (3, True)])
-def test_channel_remainder_recomputes_a_cheap_producer(activation, depth, residual):
-    """deconv at r = 3, C = 1 splits 9 LR channels into a conv and a tap matmul, two consumers of
-    the previous layer. XLA recomputes a cheap producer (bias add, + relu's max) for each of them
-    and counts it twice (``flops.XLA_DUPLICATED``); found by hypothesis: widths (2,), 1x1 kernels,
-    identity, LR 2x2 gave XLA 212 FLOPs against 204."""
+@pytest.mark.parametrize("family,depth,residual", [("deconv", 2, False), ("lr", 3, True)])
+def test_channel_remainder_recomputes_a_cheap_producer(activation, family, depth, residual):
+    """At r = 3, C = 1 on CPU the 9 LR channels of a 17-channel input are split into a conv and a
+    tap matmul, two consumers of the previous layer. XLA recomputes a cheap producer (bias add,
+    + relu's max) for each of them and counts it twice (``flops.XLA_DUPLICATED``); found by
+    hypothesis: a deconv net with an identity activation gave XLA 212 FLOPs against 204."""
     config = ModelConfig(
-        family="deconv",
+        family=family,
         scale=3,
         depth=depth,
-        widths=(2,) * (depth - 1),
-        kernel_sizes=(1,) * depth,
+        widths=(17,) * (depth - 1),
+        kernel_sizes=(1,) * (depth - 1) + ((3,) if family == "deconv" else (1,)),
         activation=activation,
         residual=residual,
     )
     for lr_size in [(2, 2), (9, 7)]:
         _check_against_xla(config, lr_size)
-    doubled = flops.model_cost(config, (2, 2)).layers[-1 - residual]
-    producer = 4 * 2 * (1 + flops.ACTIVATION_COST[activation][0])
-    plain = flops.model_cost(config.replace(activation="tanh"), (2, 2)).layers[-1 - residual]
+    index = -1 - residual - (family == "lr")  # before the residual add and lr's shuffle
+    doubled = flops.model_cost(config, (2, 2)).layers[index]
+    plain = flops.model_cost(config.replace(activation="tanh"), (2, 2)).layers[index]
+    producer = 4 * 17 * (1 + flops.ACTIVATION_COST[activation][0])
+    split = subpixel.splits_last_channel(9, 17)
     assert doubled.flops_xla - plain.flops_xla == (
-        producer if activation in flops.XLA_DUPLICATED else 0
+        producer if split and activation in flops.XLA_DUPLICATED else 0
     )

@@ -244,9 +244,13 @@ def test_bad_input_names_argument_and_value(call, match):
 @pytest.mark.parametrize("channels", [1, 8, 9, 17])
 @pytest.mark.parametrize("padding", [((1, 1), (1, 1)), ((0, 2), (-1, 3)), ((2, -1), (0, 0))])
 def test_lr_correlation_equals_lax_conv(channels, padding):
-    """Including the CPU path that computes a channel past a block of 8 as tap matmuls."""
-    x = _random((2, 6, 7, 5), seed=channels)
-    kernel = _random((3, 2, 5, channels), seed=1)
+    """Including the CPU path that computes a channel past a block of 8 as tap matmuls (9 and 17
+    channels from 17 inputs)."""
+    x = _random((2, 6, 7, 17), seed=channels)
+    kernel = _random((3, 2, 17, channels), seed=1)
+    assert subpixel.splits_last_channel(channels, 17) == (
+        jax.default_backend() == "cpu" and channels in (9, 17)
+    )
 
     def ref(x, kernel):
         return lax.conv_general_dilated(
@@ -271,10 +275,10 @@ def test_nnx_conv_through_conv_general_dilated(out_features, padding):
     conv) is nnx.Conv: same parameters, outputs and gradients, jitted."""
     from flax import nnx
 
-    make = functools.partial(nnx.Conv, 5, out_features, (3, 3), padding=padding)
+    make = functools.partial(nnx.Conv, 17, out_features, (3, 3), padding=padding)
     plain = make(rngs=nnx.Rngs(0))
     routed = make(conv_general_dilated=subpixel.conv_general_dilated, rngs=nnx.Rngs(0))
-    x = _random((2, 6, 7, 5), seed=out_features)
+    x = _random((2, 6, 7, 17), seed=out_features)
 
     def loss(conv, x):
         return jnp.sum(jnp.sin(conv(x)))
@@ -312,3 +316,13 @@ def test_conv_general_dilated_defers_to_lax_otherwise(kwargs):
         jax.jit(lambda x, k: subpixel.conv_general_dilated(x, k, **args))(x, kernel),
         jax.jit(lambda x, k: lax.conv_general_dilated(x, k, **args))(x, kernel),
     )
+
+
+def test_split_rule():
+    """Split one channel past a block of 8, on CPU, for convs reading more than 16 channels."""
+    cpu = jax.default_backend() == "cpu"
+    assert subpixel.splits_last_channel(9, 32) == cpu
+    assert subpixel.splits_last_channel(25, 17) == cpu
+    assert not subpixel.splits_last_channel(9, 16)  # the plain conv is faster there
+    assert not subpixel.splits_last_channel(8, 32) and not subpixel.splits_last_channel(10, 32)
+    assert not subpixel.splits_last_channel(1, 32)
