@@ -206,24 +206,23 @@ def _conv(
     executed counts padding taps too. ``split_producer`` (FLOPs per input element of the op
     feeding it), when not None: the conv runs as :func:`subpixel.lr_correlation`."""
     taps, (oh, ow) = _real_taps(size, (k, k), pads)
-    macs, bias = int(taps.sum()) * cin * cout, oh * ow * cout
-    useful = 2 * macs + bias
+    macs_per_out, bias = int(taps.sum()) * cin, oh * ow * cout  # multiply-adds per out channel
     conv_out, xla_extra, executed_extra = cout, 0, 0
     if split_producer is not None:
         conv_out, xla_extra, executed_extra = _split(
             size, (k, k), (oh, ow), cin, cout, split_producer
         )
-    macs = int(taps.sum()) * cin * conv_out
-    xla = _xla_mac_flops(macs, k * k, cin, conv_out) + xla_extra + bias
+    xla = _xla_mac_flops(macs_per_out * conv_out, k * k, cin, conv_out) + xla_extra + bias
     executed = 2 * oh * ow * k * k * cin * conv_out + executed_extra + bias
     op = f"conv {k}x{k} {cin}->{cout} on {where} {size[0]}x{size[1]}"
-    return LayerCost(name, op, k * k * cin * cout + cout, useful, xla, executed)
+    params = k * k * cin * cout + cout
+    return LayerCost(name, op, params, 2 * macs_per_out * cout + bias, xla, executed)
 
 
-def _deconv(size, k: int, cin: int, cout: int, r: int, producer_flops: int = 0) -> LayerCost:
+def _deconv(size, k: int, cin: int, cout: int, r: int, split_producer: int = 0) -> LayerCost:
     """Stride-``r`` transposed conv ("SAME"), run by FastConvTranspose as LR conv + shuffle.
 
-    ``producer_flops``: the elementwise cost per input element of the op that computes this
+    ``split_producer``: the elementwise cost per input element of the op that computes this
     layer's input (the previous conv's bias add and activation), which XLA recomputes for the
     second consumer when the channel-remainder path splits the layer (see ``XLA_DUPLICATED``).
     """
@@ -236,7 +235,7 @@ def _deconv(size, k: int, cin: int, cout: int, r: int, producer_flops: int = 0) 
     t_h, t_w = plans[0].taps, plans[1].taps
     taps_lr, (lh, lw) = _real_taps(size, (t_h, t_w), [p.lr_padding for p in plans])
     conv_out, xla_extra, executed_extra = _split(
-        size, (t_h, t_w), (lh, lw), cin, cout * r * r, producer_flops
+        size, (t_h, t_w), (lh, lw), cin, cout * r * r, split_producer
     )
     macs_lr = int(taps_lr.sum()) * cin * conv_out
     xla = _xla_mac_flops(macs_lr, t_h * t_w, cin, conv_out) + xla_extra + bias
