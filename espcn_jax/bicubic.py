@@ -36,7 +36,7 @@ import numpy as np
 from jax import lax
 
 from espcn_jax import ops
-from espcn_jax.metrics import quantize
+from espcn_jax.images import quantize
 
 BORDERS = ("edge", "symmetric")
 UPSCALE_TAPS = 5  # LR taps i-2..i+2 per axis shared by all r phases (one of them zero per phase).
@@ -57,7 +57,7 @@ def downscale_taps(r: int) -> np.ndarray:
     ``cubic(d / r) / r``, is non-zero for ``|d| < 2r``: ``T = 4r`` taps for even ``r``, ``4r - 1`` for odd.
     Tap ``k`` reads input ``i*r - pad_lo + k`` with ``pad_lo = 3r // 2``.
     """
-    r = ops.check_scale(r)
+    r = ops.check_positive_int(r)
     taps = 4 * r - r % 2
     d = (r - 1) / 2 + 3 * r // 2 - np.arange(taps)  # centre minus tap position
     w = cubic(d / r) / r
@@ -70,7 +70,7 @@ def upscale_taps(r: int) -> np.ndarray:
     Phase ``a`` samples the LR grid at ``i + t_a``, ``t_a = (a + 0.5)/r - 0.5``; weight of offset ``k``
     is ``cubic(t_a - k)`` normalised (MATLAB normalises; Keys' kernel already sums to one).
     """
-    r = ops.check_scale(r)
+    r = ops.check_positive_int(r)
     t = (np.arange(r) + 0.5) / r - 0.5
     offsets = np.arange(UPSCALE_TAPS) - UPSCALE_TAPS // 2
     w = cubic(t[:, None] - offsets[None, :])
@@ -121,7 +121,7 @@ def downscale(
     pass as uint8 (rounded half away from zero, saturated to [0, 255]): the result is then exactly
     MATLAB's LR image.
     """
-    r, border = ops.check_scale(r), _check_border(border)
+    r, border = ops.check_positive_int(r), _check_border(border)
     x = _as_float(x_NHWC)
     _, hgt, wid, c = x.shape
     if hgt % r or wid % r:
@@ -145,7 +145,7 @@ def upscale_phases(
     ``upscale(x, r) == ops.pixel_shuffle(upscale_phases(x, r, order), r, order)``. Channel
     ``(a*r + b)*C + c`` ("tf") or ``c*r*r + a*r + b`` ("torch") holds HR pixel ``(i*r + a, j*r + b)``.
     """
-    r, order, border = ops.check_scale(r), ops.check_order(order), _check_border(border)
+    r, order, border = ops.check_positive_int(r), ops.check_order(order), _check_border(border)
     x = _as_float(x_NHWC)
     c = x.shape[-1]
     phase_taps = upscale_taps(r)  # (a, k)
@@ -165,7 +165,7 @@ def upscale(x_NHWC: jax.Array, r: int, *, border: str = "edge") -> jax.Array:
 
 def _check_dims(**dims) -> None:
     for name, v in dims.items():
-        ops.check_scale(v, name)
+        ops.check_positive_int(v, name)
 
 
 def upscale_flops(h: int, w: int, c: int, r: int) -> int:

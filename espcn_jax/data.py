@@ -151,9 +151,6 @@ def is_pair_layout(paths: list[Path]) -> bool:
     return bool(paired)
 
 
-_is_pair_layout = is_pair_layout  # the name evaluate.py calls; use is_pair_layout
-
-
 # --- sources -------------------------------------------------------------------------------------
 
 

@@ -4,7 +4,7 @@ Per image: HR mod-cropped to a multiple of ``r``; LR either given (a ``X_LR`` im
 ``X_HR``, the Set5 layout) or made from HR by MATLAB's bicubic ``imresize`` on uint8
 (:func:`bicubic.downscale` with ``round_passes=True``, as :func:`pipeline.degrade` makes training
 LR; it reproduces Set5's LR files bit for bit);
-``SR = sr_fn(LR)`` clipped and rounded to uint8 (:func:`metrics.quantize`); Y by MATLAB's
+``SR = sr_fn(LR)`` clipped and rounded to uint8 (:func:`images.quantize`); Y by MATLAB's
 ``rgb2ycbcr`` (grey images used as they are); ``r`` pixels cropped from every border; PSNR and SSIM
 per image, then the mean over images.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from espcn_jax import bicubic, data, metrics, ops, pipeline
+from espcn_jax import bicubic, data, images, metrics, ops
 
 LR_SOURCES = ("auto", "given", "degrade")
 CHANNELS = ("rgb", "y")
@@ -58,7 +58,7 @@ def make_model(name: str, r: int) -> SRFn:
 
 
 def check_eval_scale(scale) -> int:
-    r = ops.check_scale(scale, "scale")
+    r = ops.check_positive_int(scale, "scale")
     if r < 2:
         raise ValueError(f"scale must be an integer >= 2, got {scale!r}")
     return r
@@ -73,7 +73,7 @@ def find_images(data_dir: str | os.PathLike, lr_source: str = "auto") -> tuple[l
     if lr_source not in LR_SOURCES:
         raise ValueError(f"lr_source must be one of {LR_SOURCES}, got {lr_source!r}")
     paths = data.list_images(data_dir)
-    paired = data._is_pair_layout(paths)
+    paired = data.is_pair_layout(paths)
     if lr_source == "given" and not paired:
         raise ValueError(f"lr_source='given' needs *_HR / *_LR image pairs, none in {data_dir}")
     if paired:
@@ -109,7 +109,7 @@ def _check_sizes(hr_path, hr: np.ndarray, lr_path, lr: np.ndarray | None, r: int
 
 def _luma(x_HWC: np.ndarray | jax.Array) -> jax.Array:
     """Y of uint8-valued RGB (MATLAB ``rgb2ycbcr``), or the grey channel as it is: ``(H, W, 1)``."""
-    return metrics.rgb_to_y(x_HWC)[..., None] if x_HWC.shape[-1] == 3 else x_HWC
+    return images.rgb_to_y(x_HWC)[..., None] if x_HWC.shape[-1] == 3 else x_HWC
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -130,7 +130,7 @@ def _scores(hr_HWC, lr_HWC, sr_fn: SRFn, r: int, channels: str) -> tuple[jax.Arr
     if tuple(sr.shape) != want:
         raise ValueError(f"sr_fn must map {lr.shape} to {want}, got {tuple(sr.shape)}")
     hr_y = metrics.shave(_luma(hr_HWC)[..., 0], r)
-    sr_y = metrics.shave(_luma(metrics.quantize(sr[0]))[..., 0], r)
+    sr_y = metrics.shave(_luma(images.quantize(sr[0]))[..., 0], r)
     return metrics.psnr(hr_y, sr_y), metrics.ssim(hr_y, sr_y)
 
 
@@ -173,7 +173,7 @@ def evaluate(
         hr = data.load_image(hr_path)
         lr = None if lr_path is None else data.load_image(lr_path)
         _check_sizes(hr_path, hr, lr_path, lr, r)
-        hr = pipeline.mod_crop(hr, r)
+        hr = images.mod_crop(hr, r)
         if lr is None:
             lr = make_lr(hr, r, channels, round_lr)
         p, s = evaluate_image(hr, lr, sr_fn, r, channels)

@@ -28,7 +28,7 @@ def icnr(r: int, order: str = "tf", base_init: Initializer = _default_base_init)
     The fan-in (and so any variance scaling in ``base_init``) is that of the sub-kernel, which
     has the same receptive field and input channels as the full kernel.
     """
-    r, order = ops.check_scale(r), ops.check_order(order)
+    r, order = ops.check_positive_int(r), ops.check_order(order)
 
     def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
         shape = tuple(shape)
@@ -54,7 +54,7 @@ def checkerboard_energy(y_NHWC: jax.Array, r: int) -> jax.Array:
     gives 0. On a smooth input the true signal has almost no energy there, so the measure isolates
     the artifacts of a sub-pixel layer.
     """
-    r = ops.check_scale(r)
+    r = ops.check_positive_int(r)
     y = jnp.asarray(y_NHWC, jnp.float32)
     phases = ops.pixel_unshuffle(y, r, "tf")  # (N, h, w, r*r*C) validates rank and divisibility
     n, h, w, _ = phases.shape

@@ -55,8 +55,8 @@ def _per_layer(value, name: str, count: int) -> tuple[int, ...]:
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != count:
             raise ValueError(f"{name} must have {count} entries, got {len(value)}: {value!r}")
-        return tuple(ops.check_scale(v, name) for v in value)
-    return (ops.check_scale(value, name),) * count
+        return tuple(ops.check_positive_int(v, name) for v in value)
+    return (ops.check_positive_int(value, name),) * count
 
 
 def default_kernel_sizes(family: str, depth: int, scale: int) -> tuple[int, ...]:
@@ -114,9 +114,9 @@ class ModelConfig:
 
         if self.family not in FAMILY_NAMES:
             raise ValueError(f"family must be one of {FAMILY_NAMES}, got {self.family!r}")
-        put("scale", ops.check_scale(self.scale, "scale"))
-        put("channels", ops.check_scale(self.channels, "channels"))
-        depth = ops.check_scale(self.depth, "depth")
+        put("scale", ops.check_positive_int(self.scale, "scale"))
+        put("channels", ops.check_positive_int(self.channels, "channels"))
+        depth = ops.check_positive_int(self.depth, "depth")
         put("depth", depth)
         put("widths", () if depth == 1 else _per_layer(self.widths, "widths", depth - 1))
         if self.kernel_sizes is None:

@@ -19,8 +19,8 @@ import numpy as np
 ORDERS = ("tf", "torch")
 
 
-def check_scale(r, name: str = "r") -> int:
-    """Returns ``r`` as an int, or raises ValueError unless it is an integer >= 1 (not a bool)."""
+def check_positive_int(r, name: str = "r") -> int:
+    """``r`` as an int, or ValueError unless it is an integer >= 1 (not a bool): scales, widths, depths, sizes."""
     try:
         if isinstance(r, bool):
             raise TypeError
@@ -64,7 +64,7 @@ def _check_rank4(x: jax.Array, name: str = "x") -> None:
 
 def pixel_shuffle(x: jax.Array, r: int, order: str = "tf") -> jax.Array:
     """``(N, H, W, C*r*r) -> (N, H*r, W*r, C)``: the periodic shuffle PS_r."""
-    r, order = check_scale(r), check_order(order)
+    r, order = check_positive_int(r), check_order(order)
     _check_rank4(x)
     if x.shape[-1] % (r * r):
         raise ValueError(f"x channels must be divisible by r*r={r * r}, got {x.shape[-1]} channels")
@@ -73,7 +73,7 @@ def pixel_shuffle(x: jax.Array, r: int, order: str = "tf") -> jax.Array:
 
 def pixel_unshuffle(x: jax.Array, r: int, order: str = "tf") -> jax.Array:
     """``(N, H*r, W*r, C) -> (N, H, W, C*r*r)``: inverse of ``pixel_shuffle``, space-to-depth."""
-    r, order = check_scale(r), check_order(order)
+    r, order = check_positive_int(r), check_order(order)
     _check_rank4(x)
     if x.shape[1] % r or x.shape[2] % r:
         raise ValueError(f"x height and width must be divisible by r={r}, got shape {x.shape}")
@@ -115,7 +115,7 @@ def convert_order(x: jax.Array, r: int, src: str, dst: str, axis: int = -1) -> j
     :func:`pixel_unshuffle` (``axis=-2``). ``pixel_shuffle(convert_order(x, r, "tf", "torch"), r,
     "torch") == pixel_shuffle(x, r, "tf")``.
     """
-    r, src, dst = check_scale(r), check_order(src, "src"), check_order(dst, "dst")
+    r, src, dst = check_positive_int(r), check_order(src, "src"), check_order(dst, "dst")
     ndim = jnp.ndim(x)
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis must index an array of rank {ndim}, got axis={axis}")

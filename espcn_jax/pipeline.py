@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 import jax
 import numpy as np
 
-from espcn_jax import bicubic, metrics, ops
+from espcn_jax import bicubic, images, ops
 from espcn_jax.data import Source, import_tf
 
 COLORS = ("y", "rgb")
@@ -39,11 +39,11 @@ _Y_CHUNK = 1 << 16  # pixels per compiled rgb_to_y call
 
 @jax.jit
 def _rgb_to_y_jit(rgb_N3: jax.Array) -> jax.Array:
-    return metrics.rgb_to_y(rgb_N3)
+    return images.rgb_to_y(rgb_N3)
 
 
 def rgb_to_y(rgb_HWC: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``(H, W, 3)`` -> uint8 Y ``(H, W, 1)`` by :func:`metrics.rgb_to_y` (MATLAB's).
+    """uint8 RGB ``(H, W, 3)`` -> uint8 Y ``(H, W, 1)`` by :func:`images.rgb_to_y` (MATLAB's).
 
     Pointwise, so it runs on fixed-size chunks of pixels: one compilation for every image size.
     """
@@ -54,12 +54,6 @@ def rgb_to_y(rgb_HWC: np.ndarray) -> np.ndarray:
     flat = np.pad(flat, ((0, -n % _Y_CHUNK), (0, 0)))
     y = [np.asarray(_rgb_to_y_jit(c)) for c in np.split(flat, flat.shape[0] // _Y_CHUNK)]
     return np.concatenate(y)[:n].astype(np.uint8).reshape(*rgb_HWC.shape[:2], 1)
-
-
-def mod_crop(image_HWC: np.ndarray, r: int) -> np.ndarray:
-    """The top-left ``(H - H % r, W - W % r)`` part, as MATLAB ``modcrop``."""
-    h, w = image_HWC.shape[:2]
-    return image_HWC[: h - h % r, : w - w % r]
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -75,7 +69,7 @@ def degrade(hr_HWC: np.ndarray, r: int) -> np.ndarray:
     edge-padded at the bottom and right to ``r * PAD_MULTIPLE``: exact, because MATLAB's (and
     ``border="edge"``'s) border rule reads the edge pixel wherever the filter leaves the image.
     """
-    hr = mod_crop(hr_HWC, r)
+    hr = images.mod_crop(hr_HWC, r)
     h, w = hr.shape[0] // r, hr.shape[1] // r
     pad = ((0, -h % PAD_MULTIPLE * r), (0, -w % PAD_MULTIPLE * r), (0, 0))
     lr = _downscale_uint8(np.pad(hr, pad, mode="edge")[None], r)[0, :h, :w]
@@ -108,9 +102,9 @@ class PatchSampler:
         color: str = "y",
         augment: bool = True,
     ):
-        self.scale = ops.check_scale(scale, "scale")
-        self.patch = ops.check_scale(patch, "patch")
-        self.batch_size = ops.check_scale(batch_size, "batch_size")
+        self.scale = ops.check_positive_int(scale, "scale")
+        self.patch = ops.check_positive_int(patch, "patch")
+        self.batch_size = ops.check_positive_int(batch_size, "batch_size")
         self.seed = _check_seed(seed)
         if color not in COLORS:
             raise ValueError(f"color must be one of {COLORS}, got {color!r}")
@@ -124,7 +118,7 @@ class PatchSampler:
                     f"image {name} ({image.shape[1]}x{image.shape[0]}) is smaller than the HR "
                     f"patch {r * p}x{r * p} (LR patch {p}, scale {r})"
                 )
-            hr = mod_crop(image, r)
+            hr = images.mod_crop(image, r)
             lr = degrade(hr, r) if source.lr is None else source.lr[k]
             if lr.shape[:2] != (hr.shape[0] // r, hr.shape[1] // r):
                 raise ValueError(
@@ -226,7 +220,7 @@ def prefetch_to_device(
     ``sharding``: e.g. ``NamedSharding(mesh, P("data"))`` to split the batch axis over a mesh's
     ``data`` axis; None puts batches on the default device.
     """
-    size = ops.check_scale(size, "size")
+    size = ops.check_positive_int(size, "size")
     queue: collections.deque = collections.deque()
     for batch in batches:
         queue.append(jax.device_put(batch, sharding))

@@ -69,7 +69,7 @@ def hr_conv_to_tied_lr(
     ``lax.conv_general_dilated(z_lr, kernel_lr, (1, 1), lr_padding)`` then equals
     ``pixel_unshuffle(conv_HR(pixel_shuffle(z_lr, r, order)), r, order)`` exactly.
     """
-    r, order = ops.check_scale(r), ops.check_order(order)
+    r, order = ops.check_positive_int(r), ops.check_order(order)
     if jnp.ndim(kernel_hr_HWIO) != 4:
         raise ValueError(
             f"kernel_hr_HWIO must be an HWIO kernel of rank 4, got shape {jnp.shape(kernel_hr_HWIO)}"
@@ -98,7 +98,7 @@ def hr_conv_to_tied_lr(
 
 def tie_bias(bias: jax.Array, r: int, order: str = "tf") -> jax.Array:
     """HR bias ``(Co,)`` → the tied LR bias ``(Co*r*r,)`` in the shuffle order's layout."""
-    r, order = ops.check_scale(r), ops.check_order(order)
+    r, order = ops.check_positive_int(r), ops.check_order(order)
     return jnp.tile(bias, r * r) if order == "tf" else jnp.repeat(bias, r * r)
 
 
@@ -131,7 +131,7 @@ def tied_cost(
 ) -> TiedCost:
     """FLOPs per LR pixel and free parameters of an HR conv, its exact tied LR image, and the
     untied LR layer of the same shape. Bias adds are not counted as FLOPs here."""
-    r = ops.check_scale(r)
+    r = ops.check_positive_int(r)
     kh, kw = (int(k) for k in kernel_size)
     pads = _hr_pads(padding, (kh, kw))
     taps = tuple(lr_taps(k, r, lo)[0] for k, (lo, _) in zip((kh, kw), pads, strict=True))

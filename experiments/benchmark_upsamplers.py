@@ -32,7 +32,7 @@ from espcn_jax import subpixel
 from espcn_jax.cli import define_tune_malloc_flag, print_json, run
 from espcn_jax.flops import parse_size
 from espcn_jax.layers import FastConvTranspose
-from espcn_jax.ops import check_scale, pixel_shuffle
+from espcn_jax.ops import check_positive_int, pixel_shuffle
 from espcn_jax.timing import time_fn, tune_malloc
 
 flags.DEFINE_list("scales", ["2", "3", "4"], "Upsampling factors r (transposed-conv strides).")
@@ -116,7 +116,7 @@ def parse_scales(items: list[str]) -> tuple[int, ...]:
     scales = []
     for item in items:
         try:
-            scales.append(check_scale(int(item.strip()), "scales"))
+            scales.append(check_positive_int(int(item.strip()), "scales"))
         except ValueError:
             raise ValueError(f"scales must be integers >= 1, got {item!r}") from None
     return tuple(scales)

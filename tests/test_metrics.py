@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from skimage.color import rgb2ycbcr
 from skimage.metrics import structural_similarity
 
-from espcn_jax import metrics
+from espcn_jax import images, metrics
 
 
 def _psnr_ref(a, b):
@@ -41,7 +41,7 @@ def _degrade(img, rng, noise):
 def test_quantize_is_matlab_uint8():
     # MATLAB: uint8([-3 -0.5 0.49 0.5 1.5 2.5 254.5 300]) = [0 0 0 1 2 3 255 255]
     x = np.array([-3, -0.5, 0.49, 0.5, 1.5, 2.5, 254.5, 300], np.float32)
-    np.testing.assert_array_equal(metrics.quantize(x), [0, 0, 0, 1, 2, 3, 255, 255])
+    np.testing.assert_array_equal(images.quantize(x), [0, 0, 0, 1, 2, 3, 255, 255])
 
 
 def test_rgb_to_y_matches_skimage_rgb2ycbcr():
@@ -58,15 +58,15 @@ def test_rgb_to_y_matches_skimage_rgb2ycbcr():
         [254, 1, 77],
     ]
     want = np.floor(rgb2ycbcr(rgb.astype(np.float64) / 255)[..., 0] + 0.5)
-    np.testing.assert_array_equal(metrics.rgb_to_y(rgb), want)
-    np.testing.assert_array_equal(metrics.rgb_to_y(rgb.astype(np.float32)), want)
-    np.testing.assert_array_equal(jax.jit(metrics.rgb_to_y)(rgb), want)
+    np.testing.assert_array_equal(images.rgb_to_y(rgb), want)
+    np.testing.assert_array_equal(images.rgb_to_y(rgb.astype(np.float32)), want)
+    np.testing.assert_array_equal(jax.jit(images.rgb_to_y)(rgb), want)
     assert want.min() >= 16 and want.max() <= 235
 
 
 def test_rgb_to_y_rejects_non_rgb():
     with pytest.raises(ValueError, match=r"3 channels.*\(4, 4, 1\)"):
-        metrics.rgb_to_y(np.zeros((4, 4, 1)))
+        images.rgb_to_y(np.zeros((4, 4, 1)))
 
 
 def test_shave():
@@ -119,7 +119,7 @@ def test_ssim_matches_skimage_on_random_images(shape):
 def test_ssim_matches_skimage_on_natural_images(name):
     img = getattr(skimage.data, name)()
     if img.ndim == 3:
-        img = np.asarray(metrics.rgb_to_y(img)).astype(np.uint8)
+        img = np.asarray(images.rgb_to_y(img)).astype(np.uint8)
     img = img[100:260, 120:300]
     rng = np.random.default_rng(3)
     for noise in (0.5, 8.0):
