@@ -200,28 +200,38 @@ def define_lr_size_flag(
     return holder
 
 
-COLORS = {"y": 1, "rgb": 3}  # --color value -> image channels
+COLORS = {1: "y", 3: "rgb"}  # image channels -> the pipeline's and the protocol's colour name
 
 
-def channels_of(color: str) -> int:
-    """Image channels of a ``--color`` value: 1 for ``y``, 3 for ``rgb``."""
-    if color not in COLORS:
-        raise ValueError(f"color must be one of {sorted(COLORS)}, got {color!r}")
-    return COLORS[color]
+def check_channels(value, name: str = "channels") -> int:
+    """``value``, or ValueError unless it is 1 (the Y channel) or 3 (RGB)."""
+    if isinstance(value, bool) or value not in COLORS:
+        raise ValueError(f"{name} must be 1 (Y) or 3 (RGB), got {value!r}")
+    return value
 
 
-def define_color_flag(
-    default: str = "y", flag_values: flags.FlagValues = FLAGS
-) -> flags.FlagHolder[str]:
-    """``--color``: what a model sees, ``y`` (MATLAB rgb2ycbcr luma: 1 channel) or ``rgb`` (3).
-    Convert with :func:`channels_of`."""
-    return flags.DEFINE_enum(
-        "color",
+def color_of(channels: int) -> str:
+    """``"y"`` for 1 channel, ``"rgb"`` for 3: the ``color`` argument of the pipeline and the
+    evaluation protocol."""
+    return COLORS[check_channels(channels)]
+
+
+def define_channels_flag(
+    default: int = 1, flag_values: flags.FlagValues = FLAGS
+) -> flags.FlagHolder[int]:
+    """``--channels``: what a model sees and returns, 1 (the Y channel, MATLAB rgb2ycbcr luma; the
+    literature's protocol) or 3 (RGB), as ``ModelConfig.channels`` and ``config.model.channels``.
+    :func:`color_of` names it for the pipeline and the protocol."""
+    holder = flags.DEFINE_integer(
+        "channels",
         default,
-        list(COLORS),
-        "What the model sees: y (MATLAB luma, 1 channel) or rgb (3 channels).",
+        "Image channels a model sees: 1 (Y, MATLAB luma; the literature's protocol) or 3 (RGB).",
         flag_values=flag_values,
     )
+    flags.register_validator(
+        "channels", _raising_validator(check_channels), flag_values=flag_values
+    )
+    return holder
 
 
 def define_data_flags(

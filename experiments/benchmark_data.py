@@ -12,7 +12,7 @@ round by round (the machine is shared: medians and interleaving resist neighbour
   pipeline keeps up.
 
     python experiments/benchmark_data.py --json
-    python experiments/benchmark_data.py --patch=24 --scale=3 --color=rgb --source=folder:/data/T91
+    python experiments/benchmark_data.py --patch=24 --scale=3 --channels=3 --source=folder:/data/T91
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from espcn_jax import cli, data, models, pipeline
 
 DATA = cli.define_data_flags()
 SCALE = cli.define_scale_flag()
-COLOR = cli.define_color_flag()
+CHANNELS = cli.define_channels_flag()
 SEED = cli.define_seed_flag()
 JSON = cli.define_json_flag()
 flags.DEFINE_integer("patch", 17, "LR patch side; HR patches are scale * patch.", lower_bound=1)
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> None:
         patch=FLAGS.patch,
         batch_size=FLAGS.batch_size,
         seed=SEED.value,
-        color=COLOR.value,
+        color=cli.color_of(CHANNELS.value),
     )
     prepare_s = time.perf_counter() - t0
     n = FLAGS.steps
@@ -128,7 +128,8 @@ def main(argv: list[str]) -> None:
             "scale": SCALE.value,
             "patch": FLAGS.patch,
             "batch_size": FLAGS.batch_size,
-            "color": COLOR.value,
+            "channels": CHANNELS.value,
+            "color": cli.color_of(CHANNELS.value),
             "steps_per_window": n,
             "windows": FLAGS.windows,
             "prepare_s": round(prepare_s, 3),

@@ -181,6 +181,7 @@ def test_data_benchmark_builds_its_data_and_prints_only_json(fresh_data_dir, mon
     report = json.loads(proc.stdout)  # the whole of stdout is one JSON object
     assert report["source"] == "tfds:skimage_photos/1.0.0[train]" and report["images"] == 14
     assert (report["scale"], report["patch"], report["batch_size"]) == (2, 4, 2)
+    assert (report["channels"], report["color"]) == (1, "y")
     for key in ("sampler_batches_per_s", "pipeline_batches_per_s", "train_steps_per_s"):
         assert math.isfinite(report[key]) and report[key] > 0, key
     assert report["pipeline_over_train_ratio"] == pytest.approx(
@@ -192,7 +193,7 @@ def test_data_benchmark_builds_its_data_and_prints_only_json(fresh_data_dir, mon
 
 def test_data_benchmark_table(fresh_data_dir, monkeypatch):
     monkeypatch.setenv("ESPCN_JAX_DATA_DIR", str(fresh_data_dir))
-    proc = run_data(*DATA_TINY, "--color=rgb")
+    proc = run_data(*DATA_TINY, "--channels=3")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("tfds:skimage_photos/1.0.0[train] (14 images), x2")
     assert "batches/s" in proc.stdout and "steps/s" in proc.stdout and "rgb" in proc.stdout
@@ -207,7 +208,7 @@ def test_data_benchmark_table(fresh_data_dir, monkeypatch):
         ("--scale=1", "flag --scale=1: scale must be an integer >= 2, got 1"),
         ("--seed=-1", "--seed=-1"),
         ("--patch=0", "--patch=0"),
-        ("--color=ycbcr", "--color=ycbcr"),
+        ("--channels=2", "channels must be 1 (Y) or 3 (RGB), got 2"),
         ("--source=imagenet", "unknown data source 'imagenet'"),
         ("--nosuchflag", "nosuchflag"),
         ("stray", "unexpected positional arguments: stray"),

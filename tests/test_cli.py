@@ -89,13 +89,17 @@ def test_lr_size_refused_at_parse_time(value):
     assert f"flag --lr_size={value}: lr_size must be HxW" in message
 
 
-def test_color_and_its_channels():
-    define = lambda fv: cli.define_color_flag(flag_values=fv)  # noqa: E731
-    assert cli.channels_of(_parse(define).value) == 1
-    assert cli.channels_of(_parse(define, "--color=rgb").value) == 3
-    assert "--color=ycbcr" in _parse_error(define, "--color=ycbcr")
-    with pytest.raises(ValueError, match="color must be one of"):
-        cli.channels_of("grey")
+def test_channels_flag_and_its_colour():
+    define = lambda fv: cli.define_channels_flag(flag_values=fv)  # noqa: E731
+    assert cli.color_of(_parse(define).value) == "y"
+    assert cli.color_of(_parse(define, "--channels=3").value) == "rgb"
+    for bad in ("0", "2", "4"):
+        message = _parse_error(define, f"--channels={bad}")
+        assert message == f"flag --channels={bad}: channels must be 1 (Y) or 3 (RGB), got {bad}"
+    assert "--channels=y" in _parse_error(define, "--channels=y")
+    for bad in (2, True, "y"):
+        with pytest.raises(ValueError, match="channels must be 1 \\(Y\\) or 3 \\(RGB\\)"):
+            cli.color_of(bad)
 
 
 @pytest.mark.parametrize("source", ["skimage", "folder:/some/where", "tfds:div2k/bicubic_x3"])
