@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
+FLAGS = flags.FLAGS
 EXIT_USAGE = 2
 # Drivers study super-resolution: x1 is not an upscaling (every face of the upsampling layer, the
 # bicubic and the shuffle are identities there), and the evaluation protocol and published tables
@@ -90,9 +91,6 @@ def check_no_positional(argv: list[str]) -> None:
 
 
 # --- shared flags ----------------------------------------------------------------------------------
-
-
-FLAGS = flags.FLAGS
 
 
 def _raising_validator(check: Callable) -> Callable:

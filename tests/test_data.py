@@ -126,6 +126,21 @@ def skimage_tfds_dir(tmp_path_factory):
     return data_dir
 
 
+def test_first_build_prints_nothing_and_restores_logging(tmp_path, capfd):
+    """TFDS prints "Downloading and preparing dataset ..." to stdout, where a driver's JSON goes;
+    the build must keep stdout clean and leave logging and TFDS's progress bars as it found them."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")] + [logging.root]
+    before = [lg.level for lg in loggers], tqdm_utils._active
+    capfd.readouterr()
+    builder = skimage_photos.prepare(tmp_path)
+    out, _ = capfd.readouterr()
+    assert builder.is_prepared()
+    assert out == ""
+    assert ([lg.level for lg in loggers], tqdm_utils._active) == before
+
+
 @pytest.mark.parametrize("split", ["train", "validation"])
 def test_skimage_source_is_offline_and_equals_the_bundled_files(skimage_tfds_dir, split):
     attempts: list = []
