@@ -41,6 +41,9 @@ from collections.abc import Callable, Mapping  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
+# The flags the define_* helpers below create belong to the driver that calls them, so that its
+# --help lists them with its own.
+flags.disclaim_key_flags()
 EXIT_USAGE = 2
 # Drivers study super-resolution: x1 is not an upscaling (every face of the upsampling layer, the
 # bicubic and the shuffle are identities there), and the evaluation protocol and published tables

@@ -145,3 +145,13 @@ def test_no_positional_arguments():
     cli.check_no_positional(["prog"])
     with pytest.raises(ValueError, match="unexpected positional arguments: foo bar"):
         cli.check_no_positional(["prog", "foo", "bar"])
+
+
+def test_shared_flags_belong_to_the_driver_that_defines_them():
+    """So that a driver's --help/--helpshort lists --scale, --json, ... with its own flags."""
+    fv = flags.FlagValues()
+    cli.define_scale_flag(flag_values=fv)
+    cli.define_json_flag(fv)
+    cli.define_data_flags(flag_values=fv)
+    for name in ("scale", "json", "source", "split", "tfds_data_dir"):
+        assert fv.find_module_defining_flag(name) == __name__, name
