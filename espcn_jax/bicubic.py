@@ -28,7 +28,7 @@ everything runs under any sharding of the batch axis, Explicit mesh axes include
   samples the LR grid at ``i + t_a`` with ``t_a = (a + 0.5)/r - 0.5`` in ``(-0.5, 0.5)``; its 4 cubic
   taps sit on ``i-2..i+1`` (``t_a < 0``) or ``i-1..i+2`` (``t_a >= 0``), and ``t_a = 0`` (odd ``r``)
   is a copy. The column pass computes the ``r`` phases on the LR grid and interleaves them into HR
-  columns, the row pass likewise into HR rows (:func:`upscale_phases` keeps them as channels).
+  columns, the row pass likewise into HR rows (:func:`upscale_phases` regroups them as channels).
   ``jax.image.resize`` builds dense (out x in) matrices instead.
 
 Float summation order differs from a convolution's, so results may differ from other
@@ -259,13 +259,11 @@ def upscale_phases(
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _upscale_phases(x: jax.Array, r: int, order: str, border: str) -> jax.Array:
-    n, h, w, c = x.shape
-    bank = upscale_taps(r)
-    cols = jnp.stack(_bank(_lr_padded(x, border), 2, bank, w), axis=3)  # (n, h + 4, w, b, c)
-    y = jnp.stack(_bank(cols, 1, bank, h), axis=3)  # (n, h, w, a, b, c)
-    if order == "torch":
-        y = y.transpose(0, 1, 2, 5, 3, 4)  # (n, h, w, c, a, b)
-    return y.reshape(n, h, w, c * r * r)
+    # Regrouped from the HR grid by a transpose, which XLA stores once: with the phases stacked
+    # straight from the row pass, XLA fused (recomputed) that pass into a second consumer.
+    y = _hr_blocks(x, r, border)  # (n, h, a, w, b, c)
+    y = y.transpose(0, 1, 3, 2, 4, 5) if order == "tf" else y.transpose(0, 1, 3, 5, 2, 4)
+    return _merge(_merge(y, 4), 3)
 
 
 def upscale(x_NHWC: jax.Array, r: int, *, border: str = "edge") -> jax.Array:
@@ -281,11 +279,24 @@ def upscale(x_NHWC: jax.Array, r: int, *, border: str = "edge") -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _upscale(x: jax.Array, r: int, border: str) -> jax.Array:
-    n, h, w, c = x.shape
+    return _merge(_merge(_hr_blocks(x, r, border), 3), 1)
+
+
+def _merge(x: jax.Array, axis: int) -> jax.Array:
+    """Merges ``axis`` and ``axis + 1``: one pair at a time, the only reshapes Explicit mesh axes
+    accept next to a sharded batch axis without an ``out_sharding`` (two pairs at once raise)."""
+    return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2 :])
+
+
+def _hr_blocks(x: jax.Array, r: int, border: str) -> jax.Array:
+    """``(n, h, w, c) -> (n, h, r, w, r, c)``: HR pixel ``(i*r + a, j*r + b)`` at ``[:, i, a, j, b]``.
+
+    Axes are only ever added (stacks) and merged by the callers (:func:`_merge`), never split.
+    """
+    h, w = x.shape[1:3]
     bank = upscale_taps(r)
-    x = jnp.stack(_bank(_lr_padded(x, border), 2, bank, w), axis=3)  # (n, h + 4, w, r, c)
-    x = x.reshape(n, h + UPSCALE_TAPS - 1, w * r, c)
-    return jnp.stack(_bank(x, 1, bank, h), axis=2).reshape(n, h * r, w * r, c)
+    x = jnp.stack(_bank(_lr_padded(x, border), 2, bank, w), axis=3)  # (n, h + 4, w, b, c)
+    return jnp.stack(_bank(x, 1, bank, h), axis=2)
 
 
 def _check_dims(**dims) -> None:
