@@ -30,12 +30,16 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def make_mesh(devices=None) -> Mesh:
+def make_mesh(devices=None, axis_type: AxisType = AxisType.Auto) -> Mesh:
     """A 1-D mesh ``("data",)`` over every device (of every process after
-    ``jax.distributed.initialize()``), with Auto axes: the jit's in/out shardings pin the data
-    layout and the compiler propagates it, so every jnp op of every family runs unchanged."""
+    ``jax.distributed.initialize()``).
+
+    Auto axes by default: the jit's in/out shardings pin the data layout and the compiler
+    propagates it, so every jnp op of every family runs unchanged. (jax 0.10's default, Explicit,
+    needs a sharding rule for every op the model traces; the families' ops have them, a user's
+    new layer may not. ``axis_type=AxisType.Explicit`` is tested equal.)"""
     devices = jax.devices() if devices is None else list(devices)
-    return jax.make_mesh((len(devices),), (DATA_AXIS,), (AxisType.Auto,), devices=devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), (axis_type,), devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
