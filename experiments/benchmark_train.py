@@ -268,9 +268,13 @@ def run_loop(stepper: Stepper, batches, steps: int) -> dict[str, float]:
     return {"ms_per_step": total / steps * 1e3, "wait_fraction": wait / total}
 
 
-def measure_pipeline(cfg: Config, stepper: Stepper, mesh) -> dict:
+def load_source(cfg: Config) -> data.Source:
+    return data.make_source(cfg.source, split="train" if cfg.source == "skimage" else None)
+
+
+def measure_pipeline(cfg: Config, stepper: Stepper, mesh, source: data.Source) -> dict:
     sampler = pipeline.PatchSampler(
-        data.make_source(cfg.source, split="train" if cfg.source == "skimage" else None),
+        source,
         scale=cfg.scale,
         patch=cfg.patch,
         batch_size=cfg.batch,
@@ -315,6 +319,7 @@ def device_info() -> dict:
 
 
 def benchmark(cfg: Config) -> dict:
+    source = load_source(cfg)  # first: a bad --source fails before any compilation
     mesh = step_lib.make_mesh()
     batch = fixed_batch(cfg)
     engine, xla_step_flops = engine_stepper(cfg, mesh, batch)
@@ -334,7 +339,7 @@ def benchmark(cfg: Config) -> dict:
         if "torch" in ms
         else None
     )
-    loop = measure_pipeline(cfg, engine, mesh)
+    loop = measure_pipeline(cfg, engine, mesh, source)
     speedup = ms["torch"] / ms["jax"] if "torch" in ms else None
     return {
         "jax_step_ms": ms["jax"],
