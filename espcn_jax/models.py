@@ -18,7 +18,8 @@ layers, the upsampling layer included; ``widths`` are the ``depth - 1`` hidden f
 Default kernel sizes: 5 for the first layer, 3 after it (ESPCN), ``3r`` for the deconv layer. All
 hidden convs are ``"SAME"``. Activations follow every layer but the last (ESPCN has none there).
 ``residual=True`` adds ``bicubic.upscale(x)`` to the output. ``icnr=True`` initialises the sub-pixel
-layer (``lr``'s last conv, ``deconv``'s transposed conv) with :func:`icnr.icnr`.
+layer with ICNR (:func:`icnr.icnr` for ``lr``'s last conv, :func:`icnr.icnr_transposed` for
+``deconv``'s transposed conv; a ``deconv`` kernel smaller than ``r`` has none and is refused).
 """
 
 from __future__ import annotations
@@ -140,6 +141,13 @@ class ModelConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.icnr and self.family not in ("lr", "deconv"):
             raise ValueError(f"icnr applies to families 'lr' and 'deconv', not {self.family!r}")
+        if self.icnr and self.family == "deconv":
+            k = self.kernel_sizes[-1]
+            if not icnr.shared_taps(k, self.scale):
+                raise ValueError(
+                    f"icnr=True has no ICNR kernel for family 'deconv' at scale {self.scale} with "
+                    f"kernel size {k}: no LR tap feeds all {self.scale**2} output phases (it needs kernel size >= scale)"
+                )
         for name in ("dtype", "param_dtype"):
             value = getattr(self, name)
             if value is None and name == "dtype":
@@ -258,7 +266,9 @@ class DeconvNet(nnx.Module):
         r, k = config.scale, config.kernel_sizes[-1]
         self.convs = _convs(config, config.depth - 1, rngs)
         cin, cout = config.layer_channels()[-1]
-        kwargs = {"kernel_init": _icnr_transposed(config)} if config.icnr else {}
+        kwargs = {}
+        if config.icnr:
+            kwargs["kernel_init"] = icnr.icnr_transposed((k, k), r, "SAME", config.order)
         self.deconv = FastConvTranspose(
             cin,
             cout,
@@ -321,20 +331,6 @@ def _expect(config: ModelConfig, family: str) -> None:
         raise ValueError(
             f"config.family must be {family!r} for {FAMILIES[family].__name__}, got {got!r}"
         )
-
-
-def _icnr_transposed(config: ModelConfig) -> Callable:
-    """ICNR for the transposed conv: an ICNR LR kernel mapped back to the zero-insertion kernel."""
-    r, k = config.scale, config.kernel_sizes[-1]
-    plan_h, plan_w = subpixel.plan((k, k), r, "SAME")
-    lr_init = icnr.icnr(r, order=config.order)
-
-    def init(key, shape, dtype=jnp.float32):
-        kh, kw, cin, cout = shape
-        kernel_lr = lr_init(key, (plan_h.taps, plan_w.taps, cin, cout * r * r), dtype)
-        return subpixel.lr_to_zero_insertion(kernel_lr, (kh, kw), r, "SAME", config.order)
-
-    return init
 
 
 def model_from_config(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
