@@ -1,4 +1,4 @@
-"""ICNR initialisation (Aitken et al. 2017) and a checkerboard measure (DESIGN.md §1.4).
+"""ICNR initialisation (Aitken et al. 2017) and a checkerboard measure (docs/icnr.md).
 
 A sub-pixel layer (conv to ``C*r*r`` channels, then ``PS_r``) whose ``r*r`` phase kernels are equal
 computes conv followed by nearest-neighbour upsampling: no checkerboard at initialisation. Which

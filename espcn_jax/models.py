@@ -1,4 +1,4 @@
-"""Super-resolution network families at matched compute (DESIGN.md §2), built by family name.
+"""Super-resolution network families at matched compute (docs/flops.md), built by family name.
 
 Every family maps an LR batch ``(N, h, w, C)`` to ``(N, h*r, w*r, C)``. ``depth`` counts the conv
 layers, the upsampling layer included; ``widths`` are the ``depth - 1`` hidden feature widths.
@@ -10,7 +10,7 @@ layers, the upsampling layer included; ``widths`` are the ``depth - 1`` hidden f
   default: the note's ``K = k*r`` with ``k = 3``, so each output phase gets exactly 3x3 LR taps
   (FSRCNN's 9x9 at ``r = 3``) and its useful cost equals the ``lr`` family's 3x3 sub-pixel layer.
   Padding is ``"SAME"`` in Flax's ``ConvTranspose`` sense: the output is exactly ``(h*r, w*r)``.
-- ``lr_tied``: the exact LR-space image of an ``hr`` net (DESIGN.md §1.3). Its parameters *are* the
+- ``lr_tied``: the exact LR-space image of an ``hr`` net (docs/tied.md). Its parameters *are* the
   HR kernels (same tree as ``hr``); each call ties them into LR kernels with
   :func:`tied.hr_conv_to_tied_lr` and runs LR input -> :func:`bicubic.upscale_phases` -> tied LR
   convs -> ``PS_r``. Build it from an ``hr`` net with :func:`hr_to_lr_tied`.

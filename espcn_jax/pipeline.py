@@ -1,6 +1,6 @@
 """Training batches: aligned random LR/HR patches, a pure function of (seed, step), fed to devices.
 
-LR is made once per image, as the evaluation protocol makes it (DESIGN.md §3): HR mod-cropped to a
+LR is made once per image, as the evaluation protocol makes it (docs/evaluation.md): HR mod-cropped to a
 multiple of ``r``, MATLAB bicubic downscale on uint8 (:func:`degrade`). Patches are then cut *aligned*: LR
 patch ``lr[i:i+p, j:j+p]`` goes with HR patch ``hr[r*i : r*(i+p), r*j : r*(j+p)]``. Cropping the
 downscaled image (rather than downscaling a crop) gives the network the LR pixels it will see at

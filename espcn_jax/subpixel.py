@@ -1,4 +1,4 @@
-"""One upsampling layer, three faces (DESIGN.md §1.2), and exact converters between them.
+"""One upsampling layer, three faces (docs/equivalence.md), and exact converters between them.
 
 For stride ``s`` and a spatial kernel of size ``K`` (per axis):
 
