@@ -48,7 +48,7 @@ FLAGS = flags.FLAGS
 
 def print_table(report: dict) -> None:
     print(
-        f"{report['model']} x{report['scale']} on {report['data_dir']} "
+        f"{report['model']} x{report['scale']} on {report['data']} "
         f"(LR {report['lr_source']}, channels {report['channels']}): "
         f"{report['num_images']} images, PSNR / SSIM on Y, border {report['scale']}"
     )
