@@ -128,7 +128,7 @@ def model_channels(model: Model, channels: str | None = None) -> str:
         raise ValueError(f"the model has {count} channels; evaluation needs 1 (Y) or 3 (RGB)")
     own = "y" if count == 1 else "rgb"
     if channels is not None and channels != own:
-        raise ValueError(f"channels={channels!r} but the model takes {own!r} ({count} channels)")
+        raise ValueError(f"channels={channels!r} but the model takes {own!r} (channels={count})")
     return own
 
 

@@ -148,6 +148,7 @@ class Upscaler:
             raise ValueError(f"model must be a network of espcn_jax.models, got {type(model)}")
         if config.channels not in (1, 3):
             raise ValueError(f"the model has {config.channels} channels; need 1 (Y) or 3 (RGB)")
+        self.model = model
         self.config = config
         self.scale = config.scale
         self.channels = config.channels

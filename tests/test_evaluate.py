@@ -389,6 +389,8 @@ def _corrupt_dir(tmp_path):
         (lambda p: p, ["--scale=1"], "scale must be an integer >= 2"),
         (_bad_pair_dir, ["--scale=2"], "p_LR.png is 17x18 but HR image"),
         (_corrupt_dir, ["--scale=2"], "cannot read image"),
+        (lambda p: p, ["--source=skimage:validation"], "exactly one of --data_dir and --source"),
+        (lambda p: p, ["--model=checkpoint"], "--model=checkpoint needs --checkpoint=RUN_DIR"),
     ],
 )
 def test_cli_errors_exit_2_with_one_line(tmp_path, make_dir, flags, message):

@@ -4,13 +4,19 @@ family, and the checkpoint round trip through the drivers."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
+from _drivers import run_driver
 from flax import nnx
+from PIL import Image
 from skimage.color import rgb2ycbcr, ycbcr2rgb
 
 import espcn_jax
-from espcn_jax import bicubic, images, inference, models
+from espcn_jax import bicubic, data, evaluate, images, inference, models, pipeline
 
 # --- colour conversions (MATLAB rgb2ycbcr / ycbcr2rgb on uint8) -----------------------------------
 
@@ -210,3 +216,159 @@ def test_tiled_colour_paths_equal_whole():
 def test_load_missing_directory(tmp_path):
     with pytest.raises(ValueError, match="checkpoint directory not found: .*nothing"):
         espcn_jax.load(tmp_path / "nothing")
+
+
+# --- a trained run through the drivers ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny trained run (the smoke config, 2 steps, no validation) made by the train driver."""
+    d = tmp_path_factory.mktemp("run") / "run"
+    proc = run_driver(
+        "train.py",
+        "--config=experiments/configs/espcn.py:smoke",
+        "--config.train.steps=2",
+        "--config.eval.sets=",
+        f"--workdir={d}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return d
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A colour JPEG, a grey PNG and a text file (skipped with a warning)."""
+    d = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(5)
+    Image.fromarray(_photo(rng, 40, 46, 3)).save(d / "colour.jpg", quality=95)
+    Image.fromarray(_photo(rng, 37, 35, 1)[..., 0]).save(d / "grey.png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def _one_line_error(proc, *needles, tracebacks_ok=False):
+    """Exit 2, stdout empty, and one ``error:`` line on stderr naming the problem; with
+    ``tracebacks_ok`` other stderr lines may be Python tracebacks (see the corrupt checkpoint)."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stdout == ""
+    lines = [line for line in proc.stderr.splitlines() if not _is_log(line)]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and all(n in errors[0] for n in needles), proc.stderr[-2000:]
+    if not tracebacks_ok:
+        assert lines[-1] == errors[0], proc.stderr[-2000:]
+
+
+def _is_log(line):
+    """absl/Orbax log lines (``I1125 20:17:50.198 ...``, ``WARNING:absl:...``), TF's notices."""
+    return line[:1] in "IWE" and line[1:5].isdigit() or line.startswith("WARNING:absl:")
+
+
+def test_evaluate_driver_on_a_checkpoint(run_dir, photos):
+    proc = run_driver(
+        "evaluate.py",
+        "--model=checkpoint",
+        f"--checkpoint={run_dir}",
+        f"--data_dir={photos}",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["model"] == "checkpoint" and report["scale"] == 3
+    assert report["channels"] == "y" and report["lr_source"] == "degrade"
+    want = evaluate.evaluate(espcn_jax.load(run_dir).model, photos, 3)
+    assert [row["file"] for row in report["images"]] == ["colour.jpg", "grey.png"]
+    np.testing.assert_allclose(report["psnr"], want["psnr"], rtol=1e-6)
+    np.testing.assert_allclose(report["ssim"], want["ssim"], rtol=1e-6)
+    # The restored model is the trained one: the evaluation's scores are its own.
+    model = espcn_jax.load(run_dir).model
+    hr = data.load_image(photos / "grey.png")[:36, :33]
+    sr = _eager(model, pipeline.degrade(hr, 3))[3:-3, 3:-3, 0].astype(np.float64)
+    mse = np.mean((hr[3:-3, 3:-3, 0] - sr) ** 2)
+    np.testing.assert_allclose(report["images"][1]["psnr"], 10 * np.log10(255**2 / mse), atol=0.02)
+
+
+def test_upscale_driver_round_trip(run_dir, photos, tmp_path):
+    out = tmp_path / "out"
+    args = [f"--checkpoint={run_dir}", f"--input={photos}", f"--output={out}"]
+    proc = run_driver("upscale.py", *args, "--tile=7", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert [Path(row["output"]).name for row in report["images"]] == ["colour.png", "grey.png"]
+    assert proc.stderr.count("notes.txt") == 1  # skipped with one warning
+    upscaler = espcn_jax.load(run_dir, tile=None)
+    for name, mode in (("colour", "RGB"), ("grey", "L")):
+        src = next(photos.glob(f"{name}.*"))
+        with Image.open(out / f"{name}.png") as im:
+            assert im.mode == mode  # grey in, grey out
+            got = np.asarray(im)
+        want = upscaler(data.load_image(src))
+        np.testing.assert_array_equal(got, want.squeeze())  # tiles of 7 == whole image
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # Never overwrite without --overwrite: one line, exit 2, files unchanged.
+    _one_line_error(run_driver("upscale.py", *args), "colour.png exists", "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    proc = run_driver("upscale.py", *args, "--overwrite", "--tile=0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # same pixels untiled
+    assert proc.stdout.splitlines()[0].startswith("x3 with")  # the table
+
+
+def _corrupt_run(run_dir, tmp_path):
+    bad = tmp_path / "corrupt"
+    shutil.copytree(run_dir, bad)
+    for f in (bad / "checkpoints").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(b"garbage")
+    return bad
+
+
+def test_drivers_bad_input_exit_2(run_dir, photos, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(broken / "a_fine.png")
+    (broken / "b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    ok = [f"--checkpoint={run_dir}", f"--output={out}"]
+    _one_line_error(run_driver("upscale.py", *ok, f"--input={broken}"), "b_broken.png")
+    assert not out.exists()  # nothing written: inputs are read before the first output
+    _one_line_error(run_driver("upscale.py", *ok, f"--input={tmp_path / 'nope.png'}"), "nope.png")
+    _one_line_error(run_driver("upscale.py", *ok, f"--input={photos}", "--tile=-1"), "--tile")
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    corrupt = _corrupt_run(run_dir, tmp_path)
+    # A corrupt checkpoint: the one error line, but Orbax/TensorStore's reader threads may also
+    # print "RuntimeError: Event loop is closed" tracebacks while the failed restore unwinds (the
+    # training engine's restore; reported, not fixed here).
+    cases = ((tmp_path / "missing", "not found", False), (empty, "empty_run", False))
+    cases += ((corrupt, f"checkpoint {corrupt}", True),)
+    for ckpt, needle, noisy in cases:
+        _one_line_error(
+            run_driver(
+                "upscale.py", f"--checkpoint={ckpt}", f"--input={photos}", f"--output={out}"
+            ),
+            needle,
+            tracebacks_ok=noisy,
+        )
+        _one_line_error(
+            run_driver(
+                "evaluate.py", "--model=checkpoint", f"--checkpoint={ckpt}", f"--data_dir={photos}"
+            ),
+            needle,
+            tracebacks_ok=noisy,
+        )
+    assert not out.exists()
+    # Flags that contradict the checkpoint, checked before any image is read.
+    ev = ["evaluate.py", "--model=checkpoint", f"--checkpoint={run_dir}", f"--data_dir={photos}"]
+    _one_line_error(
+        run_driver(*ev, "--scale=2"), "--scale=2 but the checkpoint's model upscales x3"
+    )
+    _one_line_error(run_driver(*ev, "--channels=rgb"), "channels='rgb'")
+    _one_line_error(
+        run_driver("evaluate.py", f"--checkpoint={run_dir}", f"--data_dir={photos}"),
+        "--checkpoint is for --model=checkpoint",
+    )
+    _one_line_error(
+        run_driver("evaluate.py", "--model=checkpoint", f"--data_dir={photos}"),
+        "--checkpoint=RUN_DIR",
+    )
