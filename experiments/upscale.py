@@ -21,8 +21,7 @@ import numpy as np
 from absl import flags, logging
 from PIL import Image
 
-from espcn_jax import data, inference
-from espcn_jax.cli import print_json, run
+from espcn_jax import cli, data, inference
 
 flags.DEFINE_string("checkpoint", None, "Run directory of experiments/train.py (--workdir).")
 flags.DEFINE_string("input", None, "An image file, or a directory of images.")
@@ -32,9 +31,10 @@ flags.DEFINE_integer(
     inference.DEFAULT_TILE,
     "LR pixels per tile side for large images (0: whole images at once); pixels do not depend "
     "on it, memory does.",
+    lower_bound=0,
 )
 flags.DEFINE_bool("overwrite", False, "Replace existing files in --output.")
-flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+JSON = cli.define_json_flag()
 FLAGS = flags.FLAGS
 
 
@@ -43,8 +43,6 @@ def plan() -> list[tuple[Path, Path]]:
     for name in ("checkpoint", "input", "output"):
         if not getattr(FLAGS, name):
             raise ValueError(f"--{name} is required")
-    if FLAGS.tile < 0:
-        raise ValueError(f"--tile must be >= 0 (0: no tiling), got {FLAGS.tile}")
     if not Path(FLAGS.checkpoint).is_dir():
         raise ValueError(f"checkpoint directory not found: {FLAGS.checkpoint}")
     source, out_dir = Path(FLAGS.input), Path(FLAGS.output)
@@ -105,8 +103,7 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ValueError(f"unexpected positional arguments: {argv[1:]}")
+    cli.check_no_positional(argv)
     jobs = plan()
     for path, _ in jobs:  # every input readable before the first output is written
         data.load_image(path)
@@ -137,11 +134,8 @@ def main(argv: list[str]) -> None:
         "output": str(FLAGS.output),
         "images": rows,
     }
-    if FLAGS.json:
-        print_json(report)
-    else:
-        print_table(report)
+    cli.emit(report, print_table)
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

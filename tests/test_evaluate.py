@@ -362,7 +362,7 @@ def test_cli_json(pair_dir):
 
 
 def test_cli_table(pair_dir):
-    proc = run_cli(f"--data_dir={pair_dir}", "--scale=2", "--lr_source=degrade", "--channels=y")
+    proc = run_cli(f"--data_dir={pair_dir}", "--scale=2", "--lr_source=degrade", "--channels=1")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "LR degrade, channels y" in lines[0]
@@ -389,7 +389,8 @@ def _corrupt_dir(tmp_path):
         (lambda p: p, ["--scale=1"], "scale must be an integer >= 2"),
         (_bad_pair_dir, ["--scale=2"], "p_LR.png is 17x18 but HR image"),
         (_corrupt_dir, ["--scale=2"], "cannot read image"),
-        (lambda p: p, ["--source=skimage:validation"], "exactly one of --data_dir and --source"),
+        (lambda p: p, ["--source=skimage"], "exactly one of --data_dir and --source"),
+        (lambda p: p, ["--channels=2"], "channels must be 1 (Y) or 3 (RGB)"),
         (lambda p: p, ["--model=checkpoint"], "--model=checkpoint needs --checkpoint=RUN_DIR"),
     ],
 )

@@ -363,7 +363,7 @@ def test_drivers_bad_input_exit_2(run_dir, photos, tmp_path):
     _one_line_error(
         run_driver(*ev, "--scale=2"), "--scale=2 but the checkpoint's model upscales x3"
     )
-    _one_line_error(run_driver(*ev, "--channels=rgb"), "channels='rgb'")
+    _one_line_error(run_driver(*ev, "--channels=3"), "channels='rgb' but the model takes 'y'")
     _one_line_error(
         run_driver("evaluate.py", f"--checkpoint={run_dir}", f"--data_dir={photos}"),
         "--checkpoint is for --model=checkpoint",
