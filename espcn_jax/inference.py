@@ -48,9 +48,10 @@ def receptive_radius(config: models.ModelConfig) -> int:
     ``hr``/``lr_tied``: bicubic reads 2 LR pixels around each LR cell, and HR convs of total radius
     ``rho`` reach ``ceil(rho / r)`` LR cells further (``lr_tied`` computes the same function; its
     tied kernels' extra taps are structural zeros). ``residual`` adds bicubic's 2.
+
+    A radius, not a window side: tiling needs the reach on each side of a pixel (a window of
+    ``2 * radius + 1`` holds the receptive field, whose side ``models.receptive_field`` gives).
     """
-    if hasattr(models, "receptive_field"):
-        return int(models.receptive_field(config))
     r, ks = config.scale, config.kernel_sizes
     if config.family == "lr":
         radius = sum(k // 2 for k in ks[:-1])
@@ -123,6 +124,15 @@ def _bicubic(lr_HWC: jax.Array, r: int) -> jax.Array:
     return images.quantize(bicubic.upscale(lr_HWC[None], r)[0]).astype(jnp.uint8)
 
 
+def by_rows(fn, x: np.ndarray, rows: int = 256, out: np.ndarray | None = None) -> np.ndarray:
+    """A pixelwise uint8 ``fn`` applied ``rows`` rows at a time (into ``out``, which may be ``x``),
+    so that its float64 temporaries stay small on large images."""
+    out = np.empty_like(x) if out is None else out
+    for i in range(0, x.shape[0], rows):
+        out[i : i + rows] = fn(x[i : i + rows])
+    return out
+
+
 def check_image(image) -> np.ndarray:
     """A uint8 ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` image, as an array."""
     x = np.asarray(image)
@@ -178,10 +188,13 @@ class Upscaler:
         if x.shape[-1] == 1 or self.channels == 3:  # grey stays grey
             out = self.network(x)
             return out[..., 0] if flat else out
-        ycbcr = images.rgb_to_ycbcr(x)
-        y = self.network(ycbcr[..., :1])
-        cbcr = upscale_tiled(lambda w: _bicubic(w, r), ycbcr[..., 1:], r, self.tile, BICUBIC_RADIUS)
-        return images.ycbcr_to_rgb(np.concatenate([y, cbcr], axis=-1))
+        ycbcr = by_rows(images.rgb_to_ycbcr, x)
+        out = np.empty((x.shape[0] * r, x.shape[1] * r, 3), np.uint8)
+        out[..., :1] = self.network(ycbcr[..., :1])
+        out[..., 1:] = upscale_tiled(
+            lambda w: _bicubic(w, r), ycbcr[..., 1:], r, self.tile, BICUBIC_RADIUS
+        )
+        return by_rows(images.ycbcr_to_rgb, out, out=out)
 
 
 def load(run_dir: str | os.PathLike, *, tile: int | None = DEFAULT_TILE) -> Upscaler:

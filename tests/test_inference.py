@@ -199,6 +199,16 @@ def test_tiles_equal_the_whole_image(fields, r):
         assert np.any(short.network(x) != whole)
 
 
+@pytest.mark.parametrize("fields", FAMILIES, ids=lambda f: "-".join(map(str, f.values())))
+def test_radius_holds_the_receptive_field(fields):
+    """The tiling margin on both sides spans the receptive field the models module reports."""
+    if not hasattr(models, "receptive_field"):
+        pytest.skip("models.receptive_field not available")
+    for r in (2, 3, 4):
+        cfg = models.ModelConfig(scale=r, **fields)
+        assert 2 * inference.receptive_radius(cfg) + 1 >= models.receptive_field(cfg)
+
+
 def test_tiled_colour_paths_equal_whole():
     rng = np.random.default_rng(4)
     image = rng.integers(0, 256, size=(26, 21, 3), dtype=np.uint8)
