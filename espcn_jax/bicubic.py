@@ -52,7 +52,7 @@ from espcn_jax import ops
 from espcn_jax.images import quantize
 
 BORDERS = ("edge", "symmetric")
-UPSCALE_TAPS = 5  # LR taps i-2..i+2 per axis shared by all r phases (one of them zero per phase).
+UPSCALE_TAPS = 5  # LR offsets -2..2 per axis: every phase's 4 non-zero taps (zeros skipped).
 
 
 def cubic(x: np.ndarray) -> np.ndarray:
