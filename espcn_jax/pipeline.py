@@ -28,10 +28,11 @@ s])``), so a run resumed at step ``s`` sees the batches an uninterrupted run wou
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import logging
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 
 import jax
@@ -318,19 +319,53 @@ def prefetch_to_device(
     size: int = 2,
     sharding: jax.sharding.Sharding | None = None,
 ) -> Iterator[dict[str, jax.Array]]:
-    """Keeps ``size`` batches already transferred (``jax.device_put`` is asynchronous) ahead of use.
+    """``batches`` transferred to devices by a background thread, ``size`` of them ahead of use.
+
+    The thread pulls the next batch (for tf.data: its conversion to NumPy) and starts its
+    ``jax.device_put`` while the training thread dispatches steps, so neither waits on the other;
+    one producer and a FIFO queue keep the order. An exception in ``batches`` is raised here, at
+    the batch where it happened. Closing the generator stops the thread.
 
     ``sharding``: e.g. ``NamedSharding(mesh, P("data"))`` to split the batch axis over a mesh's
     ``data`` axis; None puts batches on the default device.
     """
     size = ops.check_positive_int(size, "size")
-    queue: collections.deque = collections.deque()
-    for batch in batches:
-        queue.append(jax.device_put(batch, sharding))
-        if len(queue) > size:
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()
+    items: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(("batch", jax.device_put(batch, sharding))):
+                    return
+        except BaseException as e:  # handed to the consumer, raised in its thread
+            put(("error", e))
+            return
+        put(("batch", end))
+
+    thread = threading.Thread(target=produce, name="prefetch_to_device", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = items.get()
+            if kind == "error":
+                raise item
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)
 
 
 def device_batches(

@@ -16,8 +16,7 @@ Then a real training loop over ``pipeline.device_batches`` (the embedded photos,
 ``pipeline.PatchSampler`` on tf.data threads, prefetched to the device), structured like the
 engine's loop (dispatch step s, then wait for step s - 1), against the same loop fed one fixed
 device batch: ``pipeline_overhead`` is the fraction of the loop's time spent in ``next(batches)``,
-``pipeline_slowdown`` the loop's extra time per step over the fixed-batch loop. A third loop pulls
-``device_batches`` through a background thread (``pipeline_overhead_threaded``, a prototype).
+``pipeline_slowdown`` the loop's extra time per step over the fixed-batch loop.
 
     python experiments/benchmark_train.py --json
     python experiments/benchmark_train.py --rounds=1 --steps=5 --loop_steps=10 --json
@@ -28,9 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import queue
 import statistics
-import threading
 import time
 
 import jax
@@ -83,8 +80,6 @@ NOTES = {
     "engine's (target < 0.05)",
     "pipeline_slowdown": "(loop ms per step - same loop on a fixed device batch) / loop ms per "
     "step: includes the CPU the input pipeline takes from the step",
-    "pipeline_overhead_threaded": "pipeline_overhead with device_batches pulled by a background "
-    "thread into a queue (a prototype: tf-to-NumPy conversion and transfer off the loop's thread)",
 }
 
 
@@ -273,22 +268,6 @@ def run_loop(stepper: Stepper, batches, steps: int) -> dict[str, float]:
     return {"ms_per_step": total / steps * 1e3, "wait_fraction": wait / total}
 
 
-def threaded(iterator, size: int):
-    """``iterator``'s items, pulled by a background thread into a queue of ``size``: a prototype
-    of moving tf.data's output conversion and the device transfer off the training thread."""
-    items: queue.Queue = queue.Queue(maxsize=size)
-    done = object()
-
-    def produce():
-        for item in iterator:
-            items.put(item)
-        items.put(done)
-
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := items.get()) is not done:
-        yield item
-
-
 def load_source(cfg: Config) -> data.Source:
     return data.make_source(cfg.source, split="train" if cfg.source == "skimage" else None)
 
@@ -303,7 +282,7 @@ def measure_pipeline(cfg: Config, stepper: Stepper, mesh, source: data.Source) -
         color="y",
     )
     warm = 5
-    loops: dict[str, list[dict]] = {"pipeline": [], "fixed": [], "threaded": []}
+    loops: dict[str, list[dict]] = {"pipeline": [], "fixed": []}
 
     def batches(i: int):
         return pipeline.device_batches(
@@ -319,20 +298,16 @@ def measure_pipeline(cfg: Config, stepper: Stepper, mesh, source: data.Source) -
             if name == "fixed":
                 loops[name].append(run_loop(stepper, None, cfg.loop_steps))
                 continue
-            it = batches(i) if name == "pipeline" else threaded(batches(i), cfg.prefetch)
+            it = batches(i)
             run_loop(stepper, it, warm)  # tf.data start-up and first transfers
             loops[name].append(run_loop(stepper, it, cfg.loop_steps))
     ms = {k: statistics.median(x["ms_per_step"] for x in v) for k, v in loops.items()}
     return {
         "pipeline_overhead": statistics.median(x["wait_fraction"] for x in loops["pipeline"]),
         "pipeline_slowdown": (ms["pipeline"] - ms["fixed"]) / ms["pipeline"],
-        "pipeline_overhead_threaded": statistics.median(
-            x["wait_fraction"] for x in loops["threaded"]
-        ),
         "loop_ms_per_step": ms["pipeline"],
         "fixed_batch_loop_ms_per_step": ms["fixed"],
         "loop_steps_per_s": 1e3 / ms["pipeline"],
-        "threaded_loop_ms_per_step": ms["threaded"],
         "loop_rounds": loops,
     }
 

@@ -14,6 +14,8 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -451,6 +453,36 @@ def test_prefetch_keeps_order_and_count():
     batches = [{"x": np.full((2,), k, np.float32)} for k in range(5)]
     out = [int(b["x"][0]) for b in pipeline.prefetch_to_device(batches, size=3)]
     assert out == [0, 1, 2, 3, 4]
+
+
+def test_prefetch_raises_the_source_error_at_its_batch():
+    def batches():
+        yield {"x": np.zeros((2,), np.float32)}
+        raise OSError("disk gone")
+
+    it = pipeline.prefetch_to_device(batches(), size=2)
+    assert float(next(it)["x"][0]) == 0.0
+    with pytest.raises(OSError, match="disk gone"):
+        next(it)
+
+
+def test_prefetch_stops_its_thread_when_closed():
+    pulled = []
+
+    def endless():
+        k = 0
+        while True:
+            pulled.append(k)
+            yield {"x": np.full((1,), k, np.float32)}
+            k += 1
+
+    it = pipeline.prefetch_to_device(endless(), size=2)
+    assert [int(next(it)["x"][0]) for _ in range(3)] == [0, 1, 2]
+    it.close()
+    settled = len(pulled)
+    time.sleep(0.3)
+    assert len(pulled) == settled <= 3 + 2 + 1  # read ahead by the queue, then stopped
+    assert not any(t.name == "prefetch_to_device" for t in threading.enumerate())
 
 
 @pytest.mark.parametrize(
