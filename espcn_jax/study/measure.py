@@ -1,0 +1,205 @@
+"""What a trained point costs and scores on the current device, apart from training itself.
+
+- cost: conv multiply-adds (the budget convention), useful FLOPs, XLA's count, parameters,
+  receptive field in LR pixels;
+- speed: forward latency at 1080p output, throughput (images/s at a batch);
+- memory: the forward pass's footprint from XLA's compiled memory analysis (arguments + outputs +
+  temporaries - aliased), per call;
+- quality: the evaluation protocol on each validation set, and the final training loss on a fixed
+  training subset (the same patches for every point), so that fitting capacity and
+  generalisation can be told apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from espcn_jax import data, evaluate, flops, images, models, pipeline, timing
+from espcn_jax.models import ModelConfig
+
+TRAIN_SUBSET_SEED = 2**31 - 1  # the fixed training subset's sampler seed (no point trains with it)
+
+
+def _forward(model: nnx.Module):
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)), state
+
+
+def conv_macs(config: ModelConfig, lr_size) -> int:
+    """Conv multiply-adds per image. ADAPTER (until the ``found`` branch is merged): uses
+    ``flops.ModelCost.conv_macs`` when it exists, else the dense count of every conv layer
+    (``out_pixels * k * k * C_in * C_out``; a stride-r transposed conv: per HR output pixel)."""
+    cost = flops.model_cost(config, lr_size)
+    if hasattr(cost, "conv_macs"):
+        return int(cost.conv_macs)
+    h, w = lr_size
+    r = config.scale
+    total = 0
+    for i, ((cin, cout), k) in enumerate(
+        zip(config.layer_channels(), config.kernel_sizes, strict=True)
+    ):
+        last = i == config.depth - 1
+        if config.family in ("hr", "lr_tied"):
+            total += h * r * w * r * k * k * cin * cout
+        elif config.family == "deconv" and last:
+            total += h * r * w * r * math.ceil(k / r) ** 2 * cin * cout
+        else:
+            total += h * w * k * k * cin * cout
+    return total
+
+
+def receptive_field(config: ModelConfig) -> float:
+    """Receptive field side in LR pixels. ADAPTER: ``models.receptive_field`` when the ``found``
+    branch provides it; else convs only: ``1 + sum(k - 1)`` on their grid, HR convs counted in
+    LR pixels (divided by r) plus the bicubic upscale's 4-tap support (3 LR pixels)."""
+    if hasattr(models, "receptive_field"):
+        return float(models.receptive_field(config))
+    r, ks = config.scale, config.kernel_sizes
+    if config.family in ("hr", "lr_tied"):
+        return (1 + sum(k - 1 for k in ks)) / r + 3
+    if config.family == "deconv":
+        return 1 + sum(k - 1 for k in ks[:-1]) + (math.ceil(ks[-1] / r) - 1)
+    return 1 + sum(k - 1 for k in ks)
+
+
+def memory(model: nnx.Module, lr_shape) -> dict:
+    """XLA's compiled memory analysis of one jitted forward pass on ``lr_shape`` (bytes)."""
+    fwd, state = _forward(model)
+    x = jax.ShapeDtypeStruct(tuple(lr_shape), jnp.float32)
+    stats = fwd.lower(state, x).compile().memory_analysis()
+    if stats is None:  # some backends report nothing
+        return {"peak_bytes": None}
+    fields = ("argument", "output", "temp", "alias", "generated_code")
+    out = {f"{f}_bytes": int(getattr(stats, f"{f}_size_in_bytes", 0) or 0) for f in fields}
+    out["peak_bytes"] = (
+        out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
+    )
+    return out
+
+
+def throughput(model: nnx.Module, batch_shape, repeats: int) -> dict:
+    """Images per second of the jitted forward pass on a batch of ``batch_shape``."""
+    fwd, state = _forward(model)
+    x = jax.random.normal(jax.random.key(0), tuple(batch_shape), jnp.float32)
+    t = timing.time_fn(fwd, state, x, repeats=repeats)
+    return {
+        "batch": int(batch_shape[0]),
+        "lr_size": list(batch_shape[1:3]),
+        "median_ms": t["median_ms"],
+        "images_per_s": batch_shape[0] / (t["median_ms"] / 1e3),
+    }
+
+
+def cost(
+    model: nnx.Module, lr_size, *, latency_repeats: int, throughput_batch: int, throughput_lr_size
+) -> dict:
+    """Cost, speed and memory of ``model`` on this device (module docstring)."""
+    config = model.config
+    h, w = lr_size
+    shape = (1, h, w, config.channels)
+    analytic = flops.model_cost(config, (h, w))
+    macs = conv_macs(config, (h, w))
+    latency = flops.measure_latency(model, shape, repeats=latency_repeats)
+    tput = throughput(
+        model, (throughput_batch, *throughput_lr_size, config.channels), latency_repeats
+    )
+    return {
+        "params": flops.count_params(model),
+        "lr_size": [h, w],
+        "conv_macs": macs,
+        "conv_macs_per_lr_pixel": macs / (h * w),
+        "flops": analytic.flops,
+        "flops_per_lr_pixel": analytic.flops / (h * w),
+        "flops_xla": flops.xla_cost(model, shape)["flops"],
+        "receptive_field_lr": receptive_field(config),
+        "latency_ms": latency["median_ms"],
+        "latency": latency,
+        "throughput_images_per_s": tput["images_per_s"],
+        "throughput": tput,
+        "memory_bytes": memory(model, shape)["peak_bytes"],
+        "memory": memory(model, shape),
+    }
+
+
+# --- quality ---------------------------------------------------------------------------------
+
+
+def load_set(spec: str, data_dir: str | None = None) -> tuple[str, data.Source]:
+    """``(name, Source)`` of a validation-set spec: ``skimage`` (its validation split),
+    ``folder:DIR`` (named after DIR), ``tfds:NAME`` (its validation split)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "folder":
+        source = data.make_source(spec)
+        return arg.rstrip("/").split("/")[-1] or spec, source
+    source = data.make_source(spec, split="validation", data_dir=data_dir or None)
+    return (arg or kind), source
+
+
+def sr_function(model: nnx.Module):
+    """The protocol's ``sr_fn`` (uint8-range LR in, uint8-range SR out) of a [0, 1] model."""
+    fwd, state = _forward(model)
+    return jax.jit(lambda lr: fwd(state, lr / 255.0) * 255.0)
+
+
+def evaluate_source(model: nnx.Module, source: data.Source, scale: int) -> dict:
+    """The evaluation protocol (MATLAB Y, border crop, per-image mean) on an in-memory set."""
+    channels = "y" if model.config.channels == 1 else "rgb"
+    sr_fn = sr_function(model)
+    rows = []
+    for k, name in enumerate(source.names):
+        hr = images.mod_crop(source.hr[k], scale)
+        if source.lr is not None:
+            lr = source.lr[k]
+        else:
+            lr = evaluate.make_lr(hr, scale, channels, True)
+        p, s = evaluate.evaluate_image(hr, lr, sr_fn, scale, channels)
+        rows.append({"file": str(name).split("/")[-1], "psnr": p, "ssim": s})
+    return {
+        "psnr": float(np.mean([r["psnr"] for r in rows])),
+        "ssim": float(np.mean([r["ssim"] for r in rows])),
+        "num_images": len(rows),
+        "images": rows,
+    }
+
+
+def train_subset(
+    source: data.Source, *, scale: int, channels: int, patch: int, batch: int, batches: int
+) -> list[dict[str, np.ndarray]]:
+    """Fixed training batches (one sampler seed for every point, never a training seed)."""
+    sampler = pipeline.PatchSampler(
+        source,
+        scale=scale,
+        patch=patch,
+        batch_size=batch,
+        seed=TRAIN_SUBSET_SEED,
+        color="y" if channels == 1 else "rgb",
+    )
+    return [sampler.batch(step) for step in range(batches)]
+
+
+def train_loss(model: nnx.Module, subset: list[dict[str, np.ndarray]]) -> dict:
+    """Mean squared error (pixel range [0, 1]) on the fixed subset, and its PSNR in dB."""
+    fwd, state = _forward(model)
+    with jax.default_matmul_precision("highest"):
+        mse = float(
+            np.mean([float(jnp.mean((fwd(state, b["lr"]) - b["hr"]) ** 2)) for b in subset])
+        )
+    return {"mse": mse, "psnr": -10 * math.log10(mse) if mse > 0 else math.inf}
+
+
+def tied_check(model: nnx.Module, source: data.Source, scale: int) -> dict:
+    """An ``hr`` net against its exact LR-space image (``lr_tied``): PSNR of both on ``source``
+    and the largest output difference on its first image (float rounding only, if exact)."""
+    tied = models.hr_to_lr_tied(model)
+    a, b = evaluate_source(model, source, scale), evaluate_source(tied, source, scale)
+    hr = images.mod_crop(source.hr[0], scale)
+    channels = "y" if model.config.channels == 1 else "rgb"
+    lr = jnp.asarray(evaluate.make_lr(hr, scale, channels, True))[None] / 255.0
+    with jax.default_matmul_precision("highest"):
+        diff = float(jnp.max(jnp.abs(model(lr) - tied(lr))))
+    return {"psnr_hr": a["psnr"], "psnr_lr_tied": b["psnr"], "max_abs_output_diff": diff}

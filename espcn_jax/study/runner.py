@@ -1,0 +1,51 @@
+"""The sweep loop: run the points not yet completed, append one record each, never stop on one.
+
+Completed points (an ``ok`` record in any results file of the workdir, this shard's or another's)
+are skipped; a point that raises is recorded with ``status="failed"`` and its error, and the loop
+goes on (a later run tries it again). A progress bar over points with an ETA goes to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+
+from absl import logging
+from etils import epath
+from tqdm import tqdm
+
+from espcn_jax.study import results
+from espcn_jax.study.grid import Point
+from espcn_jax.study.point import Context, failure_record, run_point
+
+
+def run(
+    points: Sequence[Point], ctx: Context, results_path: str | epath.Path, *, progress: bool = True
+) -> dict:
+    """Runs ``points`` (skipping completed ones); returns counts ``{"ok", "failed", "skipped"}``."""
+    done = results.completed(results.read_dir(ctx.workdir))
+    todo = [p for p in points if p.point_id not in done]
+    counts = {"ok": 0, "failed": 0, "skipped": len(points) - len(todo)}
+    bar = tqdm(
+        total=len(points),
+        initial=counts["skipped"],
+        desc="points",
+        unit="point",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with bar:
+        for point in todo:
+            bar.set_postfix_str(point.point_id, refresh=True)
+            start = time.time()
+            try:
+                record = run_point(point, ctx)
+            except Exception as e:  # one failed point is recorded, not fatal
+                logging.error("point %s failed: %s", point.point_id, e)
+                record = failure_record(point, ctx, e, start)
+            results.append(results_path, record)
+            counts[record["status"]] += 1
+            bar.update(1)
+    return counts
