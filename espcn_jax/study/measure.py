@@ -67,15 +67,23 @@ def receptive_field(config: ModelConfig) -> float:
     return 1 + sum(k - 1 for k in ks)
 
 
-def memory(model: nnx.Module, lr_shape) -> dict:
-    """XLA's compiled memory analysis of one jitted forward pass on ``lr_shape`` (bytes)."""
+def compiled_stats(model: nnx.Module, lr_shape) -> dict:
+    """XLA's FLOP count and compiled memory analysis of one jitted forward pass on ``lr_shape``.
+
+    Memory in bytes: arguments + outputs + temporaries - aliased (``peak_bytes``), and each part.
+    """
     fwd, state = _forward(model)
     x = jax.ShapeDtypeStruct(tuple(lr_shape), jnp.float32)
-    stats = fwd.lower(state, x).compile().memory_analysis()
+    compiled = fwd.lower(state, x).compile()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):  # older jax: one dict per module
+        cost = {"flops": sum(c.get("flops", 0.0) for c in cost)}
+    out = {"flops_xla": float((cost or {}).get("flops", 0.0))}
+    stats = compiled.memory_analysis()
     if stats is None:  # some backends report nothing
-        return {"peak_bytes": None}
+        return out | {"peak_bytes": None}
     fields = ("argument", "output", "temp", "alias", "generated_code")
-    out = {f"{f}_bytes": int(getattr(stats, f"{f}_size_in_bytes", 0) or 0) for f in fields}
+    out |= {f"{f}_bytes": int(getattr(stats, f"{f}_size_in_bytes", 0) or 0) for f in fields}
     out["peak_bytes"] = (
         out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
     )
@@ -104,6 +112,7 @@ def cost(
     shape = (1, h, w, config.channels)
     analytic = flops.model_cost(config, (h, w))
     macs = conv_macs(config, (h, w))
+    compiled = compiled_stats(model, shape)
     latency = flops.measure_latency(model, shape, repeats=latency_repeats)
     tput = throughput(
         model, (throughput_batch, *throughput_lr_size, config.channels), latency_repeats
@@ -115,14 +124,14 @@ def cost(
         "conv_macs_per_lr_pixel": macs / (h * w),
         "flops": analytic.flops,
         "flops_per_lr_pixel": analytic.flops / (h * w),
-        "flops_xla": flops.xla_cost(model, shape)["flops"],
+        "flops_xla": compiled["flops_xla"],
         "receptive_field_lr": receptive_field(config),
         "latency_ms": latency["median_ms"],
         "latency": latency,
         "throughput_images_per_s": tput["images_per_s"],
         "throughput": tput,
-        "memory_bytes": memory(model, shape)["peak_bytes"],
-        "memory": memory(model, shape),
+        "memory_bytes": compiled["peak_bytes"],
+        "memory": {k: v for k, v in compiled.items() if k != "flops_xla"},
     }
 
 
@@ -193,10 +202,13 @@ def train_loss(model: nnx.Module, subset: list[dict[str, np.ndarray]]) -> dict:
 
 
 def tied_check(model: nnx.Module, source: data.Source, scale: int) -> dict:
-    """An ``hr`` net against its exact LR-space image (``lr_tied``): PSNR of both on ``source``
-    and the largest output difference on its first image (float rounding only, if exact)."""
+    """An ``hr`` net against its exact LR-space image (``lr_tied``) on ``source``'s first image:
+    the protocol's PSNR of both and their largest output difference (float rounding, if exact)."""
     tied = models.hr_to_lr_tied(model)
-    a, b = evaluate_source(model, source, scale), evaluate_source(tied, source, scale)
+    one = data.Source(
+        source.name, source.hr[:1], source.names[:1], None if source.lr is None else source.lr[:1]
+    )
+    a, b = evaluate_source(model, one, scale), evaluate_source(tied, one, scale)
     hr = images.mod_crop(source.hr[0], scale)
     channels = "y" if model.config.channels == 1 else "rgb"
     lr = jnp.asarray(evaluate.make_lr(hr, scale, channels, True))[None] / 255.0

@@ -141,7 +141,7 @@ class Context:
     def subset(self) -> list:
         if self._subset is None:
             s, m = self.sweep, self.sweep.measure
-            source = data.make_source(s.data.train, split="train", data_dir=s.data.data_dir or None)
+            source = _train_source(s.data.train, s.data.data_dir)
             self._subset = measure.train_subset(
                 source,
                 scale=s.model.scale,
@@ -151,6 +151,12 @@ class Context:
                 batches=m.train_loss_batches,
             )
         return self._subset
+
+
+def _train_source(name: str, data_dir: str) -> data.Source:
+    if name.startswith("folder"):
+        return data.make_source(name)
+    return data.make_source(name, split="train", data_dir=data_dir or None)
 
 
 def run_point(point: Point, ctx: Context) -> dict:
