@@ -15,6 +15,7 @@ import operator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 ORDERS = ("tf", "torch")
 
@@ -80,6 +81,26 @@ def pixel_unshuffle(x: jax.Array, r: int, order: str = "tf") -> jax.Array:
     return unshuffle_2d(x, r, r, order)
 
 
+def reshape_keep_batch(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``x.reshape(shape)`` for a ``shape`` that keeps axis 0 (the batch), and keeps its sharding.
+
+    Under a mesh with Explicit axes (``jax.make_mesh``'s default in jax 0.10), a reshape that
+    merges or splits several axis groups at once has no sharding rule and raises
+    ``ShardingTypeError``, even when the sharded batch axis is untouched; naming the output's
+    sharding (the batch axis's mesh axes, the rest unsharded) resolves it. Anywhere else (no mesh,
+    Auto axes, a replicated batch) this is a plain reshape.
+    """
+    spec = jax.typeof(x).sharding.spec
+    batch = spec[0] if len(spec) else None
+    if batch is None:
+        return jnp.reshape(x, shape)
+    if shape[0] != x.shape[0]:
+        raise ValueError(f"reshape_keep_batch must keep axis 0 ({x.shape[0]}), got shape {shape}")
+    return jax.lax.reshape(
+        x, shape, out_sharding=PartitionSpec(batch, *([None] * (len(shape) - 1)))
+    )
+
+
 def shuffle_2d(x_NHWC: jax.Array, rh: int, rw: int, order: str) -> jax.Array:
     """Periodic shuffle with per-axis factors (``rh`` along H, ``rw`` along W), unchecked.
 
@@ -92,19 +113,19 @@ def shuffle_2d(x_NHWC: jax.Array, rh: int, rw: int, order: str) -> jax.Array:
         x = x_NHWC.reshape(n, h, w, rh, rw, c).transpose(0, 1, 3, 2, 4, 5)
     else:
         x = x_NHWC.reshape(n, h, w, c, rh, rw).transpose(0, 1, 4, 2, 5, 3)
-    return x.reshape(n, h * rh, w * rw, c)  # from (n, h, a, w, b, c)
+    return reshape_keep_batch(x, (n, h * rh, w * rw, c))  # from (n, h, a, w, b, c)
 
 
 def unshuffle_2d(x_NHWC: jax.Array, rh: int, rw: int, order: str) -> jax.Array:
     """Inverse of :func:`shuffle_2d`, unchecked."""
     n, hr, wr, c = x_NHWC.shape
     h, w = hr // rh, wr // rw
-    x = x_NHWC.reshape(n, h, rh, w, rw, c)  # n, h, a, w, b, c
+    x = reshape_keep_batch(x_NHWC, (n, h, rh, w, rw, c))  # n, h, a, w, b, c
     if order == "tf":
         x = x.transpose(0, 1, 3, 2, 4, 5)  # n, h, w, a, b, c
     else:
         x = x.transpose(0, 1, 3, 5, 2, 4)  # n, h, w, c, a, b
-    return x.reshape(n, h, w, rh * rw * c)
+    return reshape_keep_batch(x, (n, h, w, rh * rw * c))
 
 
 def convert_order(x: jax.Array, r: int, src: str, dst: str, axis: int = -1) -> jax.Array:
@@ -128,6 +149,7 @@ def convert_order(x: jax.Array, r: int, src: str, dst: str, axis: int = -1) -> j
     c = size // (r * r)
     # "tf" splits the axis as (phase, c), "torch" as (c, phase); converting swaps the two factors.
     split = (r * r, c) if src == "tf" else (c, r * r)
-    x = x.reshape(x.shape[:axis] + split + x.shape[axis + 1 :])
+    reshape = reshape_keep_batch if axis > 0 else jnp.reshape
+    x = reshape(x, x.shape[:axis] + split + x.shape[axis + 1 :])
     x = jnp.swapaxes(x, axis, axis + 1)
-    return x.reshape(x.shape[:axis] + (size,) + x.shape[axis + 2 :])
+    return reshape(x, x.shape[:axis] + (size,) + x.shape[axis + 2 :])

@@ -1,0 +1,154 @@
+"""The run configuration: validation, the typed ModelConfig it holds, and config.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from espcn_jax import models, ops
+
+LOSSES = ("mse", "l1")
+SCHEDULES = ("cosine", "espcn", "constant")
+OPTIMIZERS = ("adam", "sgd")
+CONFIG_FILE = "config.json"
+# Fields that may change when a run is resumed: they do not change the parameters it computes.
+RESUMABLE_FIELDS = (
+    "eval",
+    "train.log_every_steps",
+    "train.checkpoint_every_steps",
+    "train.keep_checkpoints",
+    "train.prefetch",
+)
+
+
+def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
+    """``config.model`` as the typed :class:`models.ModelConfig` (ValueError names a bad field)."""
+    fields = dict(config.model)
+    for name in ("widths", "kernel_sizes"):
+        if isinstance(fields.get(name), list):
+            fields[name] = tuple(fields[name])
+    pads = fields.get("upsample_padding")
+    if isinstance(pads, list | tuple):
+        fields["upsample_padding"] = tuple(tuple(p) for p in pads)
+    unknown = set(fields) - {f.name for f in models.dataclasses.fields(models.ModelConfig)}
+    if unknown:
+        raise ValueError(f"config.model has unknown fields: {', '.join(sorted(unknown))}")
+    return models.ModelConfig(**fields)
+
+
+def color(config: ml_collections.ConfigDict) -> str:
+    """The pipeline's and the protocol's channels: ``"y"`` for 1-channel models, else ``"rgb"``."""
+    channels = config.model.channels
+    if channels not in (1, 3):
+        raise ValueError(f"config.model.channels must be 1 (Y) or 3 (RGB), got {channels!r}")
+    return "y" if channels == 1 else "rgb"
+
+
+def eval_sets(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """``config.eval.sets`` (comma-separated) as a tuple of source names."""
+    sets = config.eval.sets
+    names = [s.strip() for s in sets.split(",")] if isinstance(sets, str) else list(sets)
+    return tuple(n for n in names if n)
+
+
+def check(config: ml_collections.ConfigDict, num_devices: int | None = None) -> models.ModelConfig:
+    """Validates everything that can be checked before data is loaded; returns the ModelConfig."""
+    model_cfg = model_config(config)
+    color(config)
+    t, o = config.train, config.opt
+    for name in ("steps", "batch_size", "patch", "log_every_steps", "checkpoint_every_steps"):
+        ops.check_positive_int(t[name], f"config.train.{name}")
+    ops.check_positive_int(t.keep_checkpoints, "config.train.keep_checkpoints")
+    if not isinstance(t.seed, int) or t.seed < 0:
+        raise ValueError(f"config.train.seed must be an integer >= 0, got {t.seed!r}")
+    if t.loss not in LOSSES:
+        raise ValueError(f"config.train.loss must be one of {LOSSES}, got {t.loss!r}")
+    if o.schedule not in SCHEDULES:
+        raise ValueError(f"config.opt.schedule must be one of {SCHEDULES}, got {o.schedule!r}")
+    if o.optimizer not in OPTIMIZERS:
+        raise ValueError(f"config.opt.optimizer must be one of {OPTIMIZERS}, got {o.optimizer!r}")
+    if not o.lr > 0 or not o.final_lr > 0:
+        raise ValueError(f"config.opt.lr and final_lr must be > 0, got {o.lr!r}, {o.final_lr!r}")
+    if o.clip_norm < 0 or o.warmup_steps < 0:
+        raise ValueError("config.opt.clip_norm and warmup_steps must be >= 0")
+    if config.eval.every_steps < 0:
+        raise ValueError(f"config.eval.every_steps must be >= 0, got {config.eval.every_steps!r}")
+    devices = jax.device_count() if num_devices is None else num_devices
+    if t.batch_size % devices:
+        raise ValueError(
+            f"config.train.batch_size={t.batch_size} is not divisible by the {devices} devices "
+            "the batch is split over"
+        )
+    return model_cfg
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def _plain(config) -> dict:
+    """JSON round trip, so that a config compares equal to the one read back from config.json."""
+    return json.loads(config if isinstance(config, str) else to_json(config))
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.get(key, {})
+    tree.pop(leaf, None)
+
+
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two plain config trees differ."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Writes ``config.json`` into a new run directory, or checks that an existing run has the
+    same config (up to :data:`RESUMABLE_FIELDS`); ValueError rather than overwrite another run."""
+    path = workdir / CONFIG_FILE
+    if not path.exists():
+        if (workdir / "checkpoints").exists():
+            raise ValueError(
+                f"{workdir} holds checkpoints but no {CONFIG_FILE}; refusing to use it"
+            )
+        workdir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(to_json(config))
+        tmp.replace(path)
+        return
+    try:
+        old = _plain(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} cannot be read ({e}); refusing to use {workdir}") from None
+    new = _plain(config)
+    for field in RESUMABLE_FIELDS:
+        _drop(old, field)
+        _drop(new, field)
+    diff = differences(old, new)
+    if diff:
+        raise ValueError(
+            f"workdir {workdir} holds a run of a different config (differs in "
+            f"{', '.join(diff[:5])}); use a new --workdir"
+        )
+
+
+def load(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The resolved config of the run in ``workdir`` (its ``config.json``)."""
+    path = Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir}: not a training run directory")
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None

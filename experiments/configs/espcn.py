@@ -1,0 +1,72 @@
+"""The paper's ESPCN x3 on the Y channel of the embedded photos (Shi et al. 2016, 5-3-3, 64-32, tanh).
+
+``python experiments/train.py --workdir=DIR`` trains it; override any field with
+``--config.group.field=value``. ``get_config("smoke")`` is a tiny variant for tests and quick CPU
+checks (a few steps of a 2-layer net on small patches).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.model = m = ml_collections.ConfigDict()
+    m.family = "lr"  # lr (ESPCN), hr (SRCNN-like), deconv (FSRCNN-like), lr_tied
+    m.scale = 3  # upscaling factor r
+    m.channels = 1  # 1: the Y channel (the literature's protocol); 3: RGB
+    m.depth = 3  # conv layers, the upsampling layer included
+    m.widths = (64, 32)  # hidden feature widths (depth - 1 of them, or one for all)
+    # per layer; None: the family's defaults (5, then 3: ESPCN's 5-3-3; 3r for deconv's last)
+    m.kernel_sizes = config_dict.placeholder(tuple)
+    m.activation = "tanh"  # after every layer but the last
+    m.residual = False  # add the bicubic upscale of the input to the output
+    m.icnr = False  # ICNR init of the sub-pixel / transposed layer (lr, deconv)
+    m.order = "tf"  # channel order of the periodic shuffle: tf (DCR) or torch (CRD)
+    m.upsample_padding = "SAME"  # pads of lr's sub-pixel conv
+    m.dtype = config_dict.placeholder(str)  # compute dtype; "bfloat16" for mixed precision
+    m.param_dtype = "float32"  # parameter (and optimizer state) dtype
+
+    config.data = d = ml_collections.ConfigDict()
+    d.source = "skimage"  # training images: skimage (embedded), folder:PATH or tfds:NAME
+    d.split = config_dict.placeholder(str)  # split of skimage / tfds sources (None: train)
+    d.data_dir = config_dict.placeholder(str)  # TFDS data directory (None: the default)
+    d.augment = True  # random dihedral transform (8 rotations / flips) per patch
+
+    config.opt = o = ml_collections.ConfigDict()
+    o.optimizer = "adam"  # adam or sgd (momentum 0.9)
+    o.lr = 3e-3  # initial (constant, espcn) or peak (cosine) learning rate
+    o.final_lr = 1e-5  # learning rate at the last step (espcn, cosine)
+    o.schedule = "cosine"  # cosine, espcn (geometric decay lr -> final_lr) or constant
+    o.warmup_steps = 200  # linear warm-up from 0 (cosine)
+    o.clip_norm = 0.0  # clip gradients to this global norm; 0: off
+    o.b1 = 0.9  # Adam's beta1
+    o.b2 = 0.999  # Adam's beta2
+
+    config.train = t = ml_collections.ConfigDict()
+    t.steps = 40_000  # optimizer steps
+    t.batch_size = 32  # patches per step (global, over every device)
+    t.patch = 24  # LR patch side (HR patch: scale * patch)
+    t.seed = 0  # parameters and the batch of every step follow from it
+    t.loss = "mse"  # mse or l1, on [0, 1] pixels
+    t.log_every_steps = 500  # metrics.jsonl / TensorBoard / log line interval
+    t.checkpoint_every_steps = 2_000  # checkpoint interval (and one at the end)
+    t.keep_checkpoints = 3  # checkpoints kept on disk
+    t.prefetch = 2  # batches transferred ahead of the step
+
+    config.eval = e = ml_collections.ConfigDict()
+    e.sets = "skimage:validation"  # comma-separated: skimage:validation, folder:PATH, tfds:NAME
+    e.every_steps = 10_000  # evaluation during training (0: only at the end)
+
+    if arg == "smoke":
+        m.depth, m.widths = 2, (8,)
+        o.lr, o.warmup_steps = 1e-2, 0
+        t.steps, t.batch_size, t.patch = 8, 4, 8
+        t.log_every_steps, t.checkpoint_every_steps, t.keep_checkpoints = 2, 4, 2
+        e.every_steps = 0
+    elif arg:
+        raise ValueError(f"unknown config variant {arg!r}; known: smoke")
+    return config

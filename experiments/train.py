@@ -1,0 +1,52 @@
+"""Trains a super-resolution net: ``python experiments/train.py --workdir=DIR``.
+
+With nothing but ``--workdir`` it trains the paper's ESPCN x3 (Y) on the embedded photos and prints
+validation PSNR/SSIM. ``--config=experiments/configs/espcn.py:smoke`` picks a variant;
+``--config.train.steps=1000`` (any field) overrides. Re-running the same command resumes from the
+last checkpoint in DIR; SIGTERM/SIGINT save a checkpoint first. Exit codes: 2 bad input (one line on
+stderr), 1 NaN/Inf loss, 128 + signal number after a signal.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from espcn_jax import cli, training
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    "experiments/configs/espcn.py",
+    "Training config file (ml_collections).",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, checkpoints, metrics.")
+_JSON = flags.DEFINE_bool("json", False, "Print final_eval.json instead of a table.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not _WORKDIR.value:
+        raise ValueError("--workdir is required")
+    try:
+        result = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except training.NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except training.Interrupted as e:
+        print(f"interrupted: {e}; re-run the same command to resume", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    if _JSON.value:
+        cli.print_json(result)
+        return
+    print(f"step {result['step']}  train time {result['train_time_s']:.0f} s")
+    print(f"{'set':<40} {'PSNR (dB)':>10} {'SSIM':>8}")
+    for name, scores in result["eval"].items():
+        print(f"{name:<40} {scores['psnr']:>10.3f} {scores['ssim']:>8.4f}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
