@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from espcn_jax import flops, models, solver
-from espcn_jax.study import grid, point, results, runner
+from espcn_jax.study import grid, measure, point, results, runner
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_point_id_changes_with_anything_that_changes_training():
     cfg = sweep_config("quick")
     cfg.budget.metric, cfg.budget.lr_size = "flops", "16x16"
     ids = {p.point_id for p in grid.expand(cfg)}
-    cfg.engine = ml_collections.ConfigDict({"opt": {"learning_rate": 0.5}})
+    cfg.engine.opt.lr = 0.5
     assert ids.isdisjoint({p.point_id for p in grid.expand(cfg)})
 
 
@@ -185,9 +185,16 @@ def base_config() -> ml_collections.ConfigDict:
         {
             "model": dataclass_fields(models.ModelConfig()),
             "data": {"source": "skimage", "data_dir": ""},
-            "opt": {"learning_rate": 1e-3},
-            "train": {"steps": 1, "seed": 0, "batch_size": 4},
-            "eval": {},
+            "opt": {"lr": 1e-3, "warmup_steps": 0},
+            "train": {
+                "steps": 1,
+                "seed": 0,
+                "batch_size": 4,
+                "patch": 8,
+                "log_every_steps": 1,
+                "checkpoint_every_steps": 1,
+            },
+            "eval": {"sets": "", "every_steps": 0},
         }
     )
 
@@ -221,7 +228,12 @@ class FakeEngine:
         self.calls.append((name, start, config.train.steps))
         cfg_json = pathlib.Path(workdir) / "config.json"
         cfg_json.write_text(json.dumps(config.to_dict()))
-        return {"step": config.train.steps, "train_time_s": 0.0, "train_loss": 0.5, "eval": {}}
+        model, _ = self.restore(workdir)
+        evals = {
+            name: measure.evaluate_source(model, measure.load_set(name), config.model.scale)
+            for name in config.eval.sets.split(",")
+        }
+        return {"step": config.train.steps, "train_time_s": 0.0, "train_loss": 0.5, "eval": evals}
 
     def restore(self, workdir):
         cfg = json.loads((pathlib.Path(workdir) / "config.json").read_text())
@@ -320,8 +332,8 @@ def test_ok_record_has_the_promised_keys_and_consistent_costs(tmp_path, smoke_po
         "flops",
     ):
         assert key in rec, key
-    assert rec["status"] == "ok" and rec["eval_set"] == "val"
-    assert rec["psnr"] == rec["eval"]["val"]["psnr"]
+    assert rec["status"] == "ok" and rec["eval_set"] == cfg.eval.sets[0]
+    assert rec["psnr"] == rec["eval"][cfg.eval.sets[0]]["psnr"]
     assert tuple(rec["config"]["model"]["widths"]) == hr.model.widths
     assert rec["config"]["train"]["steps"] == hr.steps and rec["config"]["train"]["seed"] == hr.seed
     h, w = flops.parse_size(cfg.measure.latency_lr_size)
@@ -339,7 +351,6 @@ def test_ok_record_has_the_promised_keys_and_consistent_costs(tmp_path, smoke_po
 def test_train_loss_on_the_fixed_subset_matches_a_numpy_mse(smoke_points):
     cfg, _ = smoke_points
     from espcn_jax import data
-    from espcn_jax.study import measure
 
     source = data.make_source(cfg.data.train)
     subset = measure.train_subset(source, scale=3, channels=1, patch=8, batch=3, batches=2)

@@ -138,15 +138,12 @@ def cost(
 # --- quality ---------------------------------------------------------------------------------
 
 
-def load_set(spec: str, data_dir: str | None = None) -> tuple[str, data.Source]:
-    """``(name, Source)`` of a validation-set spec: ``skimage`` (its validation split),
-    ``folder:DIR`` (named after DIR), ``tfds:NAME`` (its validation split)."""
-    kind, _, arg = spec.partition(":")
-    if kind == "folder":
-        source = data.make_source(spec)
-        return arg.rstrip("/").split("/")[-1] or spec, source
-    source = data.make_source(spec, split="validation", data_dir=data_dir or None)
-    return (arg or kind), source
+def load_set(name: str) -> data.Source:
+    """A validation set named as the training engine names them (``config.eval.sets``):
+    ``skimage:validation``, ``folder:PATH``, ``tfds:NAME`` (its validation split)."""
+    from espcn_jax.training import evaluation
+
+    return evaluation.load_set(name)
 
 
 def sr_function(model: nnx.Module):

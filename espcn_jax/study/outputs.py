@@ -30,10 +30,7 @@ def _restore_fn() -> Callable | None:
 def _sample_source(record: dict):
     from espcn_jax.study import measure
 
-    sweep = record.get("sweep") or {}
-    spec = (sweep.get("eval") or {}).get("sets", ["skimage"])[0]
-    data_dir = (sweep.get("data") or {}).get("data_dir") or None
-    return measure.load_set(spec, data_dir)
+    return measure.load_set(record.get("eval_set") or "skimage:validation")
 
 
 def write_report(
@@ -64,7 +61,7 @@ def write_report(
         try:
             if restore_fn is None:
                 raise RuntimeError("no training engine to restore models with")
-            name, source = _sample_source(a["ok"][0])
+            source = _sample_source(a["ok"][0])
             scale = a["ok"][0]["model"]["scale"]
             fig_paths["samples"] = figures.sample_grid(a["ok"], source, restore_fn, out, scale)
         except Exception as e:  # the figure is a view: never lose the report to it

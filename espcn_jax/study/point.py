@@ -50,18 +50,18 @@ def merge(target: ml_collections.ConfigDict, overrides: dict, where: str = "engi
 def training_config(
     point: Point, sweep: ml_collections.ConfigDict, base: ml_collections.ConfigDict
 ) -> ml_collections.ConfigDict:
-    """The engine config of ``point``: ``base`` + the point's model, steps and seed + the sweep's
-    ``engine`` overrides (``data.train`` too)."""
+    """The engine config of ``point``: ``base`` + the point's model, steps and seed, the sweep's
+    training data and validation sets + the sweep's ``engine`` overrides."""
     cfg = copy.deepcopy(base)
     with cfg.unlocked():
         for key, value in model_dict(point.model).items():
             cfg.model[key] = tuple(value) if isinstance(value, list) else value
         cfg.train.steps = point.steps
         cfg.train.seed = point.seed
-        if "source" in cfg.data:
-            cfg.data.source = sweep.data.train
-        if "data_dir" in cfg.data and sweep.data.data_dir:
+        cfg.data.source = sweep.data.train
+        if sweep.data.data_dir:
             cfg.data.data_dir = sweep.data.data_dir
+        cfg.eval.sets = ",".join(sweep.eval.sets)
     merge(cfg, sweep.engine.to_dict())
     return cfg
 
@@ -126,15 +126,9 @@ class Context:
     @property
     def sets(self) -> dict[str, data.Source]:
         if self._sets is None:
-            sets = {}
-            for spec in self.sweep.eval.sets:
-                name, source = measure.load_set(spec, self.sweep.data.data_dir)
-                if name in sets:
-                    raise ValueError(f"eval.sets: two validation sets are named {name!r}")
-                sets[name] = source
-            if not sets:
+            if not self.sweep.eval.sets:
                 raise ValueError("eval.sets is empty: give at least one validation set")
-            self._sets = sets
+            self._sets = {name: measure.load_set(name) for name in self.sweep.eval.sets}
         return self._sets
 
     @property
@@ -167,8 +161,8 @@ def run_point(point: Point, ctx: Context) -> dict:
     final = ctx.train_fn(config, os.fspath(workdir))
     model, _ = ctx.restore_fn(os.fspath(workdir))
     m, scale = ctx.sweep.measure, ctx.sweep.model.scale
+    evals = {name: final["eval"][name] for name in ctx.sweep.eval.sets}
     with jax.default_matmul_precision("highest"):  # numbers that compare across devices
-        evals = {name: measure.evaluate_source(model, src, scale) for name, src in ctx.sets.items()}
         loss = measure.train_loss(model, ctx.subset)
     cost = measure.cost(
         model,
@@ -177,26 +171,24 @@ def run_point(point: Point, ctx: Context) -> dict:
         throughput_batch=m.throughput_batch,
         throughput_lr_size=flops.parse_size(m.throughput_lr_size, "measure.throughput_lr_size"),
     )
-    first = evals[next(iter(evals))]
+    first = ctx.sweep.eval.sets[0]
     record = {
         **point.as_dict(),
         "status": results.STATUS_OK,
-        "psnr": first["psnr"],
-        "ssim": first["ssim"],
-        "eval_set": next(iter(evals)),
-        **{k: cost[k] for k in ("params", "flops_xla", "latency_ms")},
+        "psnr": evals[first]["psnr"],
+        "ssim": evals[first]["ssim"],
+        "eval_set": first,
         **cost,
         "train_loss": loss["mse"],
         "train_loss_psnr": loss["psnr"],
         "train_time_s": final.get("train_time_s"),
         "train_steps": final.get("step"),
         "train_loss_last": final.get("train_loss"),
-        "eval": {name: {k: v for k, v in e.items()} for name, e in evals.items()},
-        "engine_eval": final.get("eval"),
+        "eval": evals,
     }
     if ctx.sweep.eval.tied_check and point.family == "hr":
         with jax.default_matmul_precision("highest"):
-            record["tied_check"] = measure.tied_check(model, next(iter(ctx.sets.values())), scale)
+            record["tied_check"] = measure.tied_check(model, ctx.sets[first], scale)
     record.update(_common(point, config, ctx, start))
     return record
 

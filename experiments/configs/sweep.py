@@ -50,13 +50,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # the engine's base config: experiments/configs/espcn.py get_config(engine_preset or None)
     c.engine_preset = ""
-    # merged into the engine's training config (its groups: data, opt, train, eval)
+    # merged into the engine's training config (its groups: model, data, opt, train, eval) after
+    # the point's model, steps, seed, data.source and eval.sets
     c.engine = ml_collections.ConfigDict()
+    c.engine.train = ml_collections.ConfigDict()
+    c.engine.train.batch_size = 16  # patches per step
+    c.engine.train.patch = 24  # LR patch side
+    c.engine.train.log_every_steps = 100  # training curve resolution (metrics.jsonl)
+    c.engine.train.checkpoint_every_steps = 1000  # resume granularity
+    c.engine.opt = ml_collections.ConfigDict()
+    c.engine.opt.lr = 3e-3  # Adam, cosine decay to final_lr
+    c.engine.opt.warmup_steps = 100
+    c.engine.eval = ml_collections.ConfigDict()
+    c.engine.eval.every_steps = 0  # evaluate at the end only
 
     c.eval = ml_collections.ConfigDict()
-    # validation sets: "skimage" (its validation split), "folder:DIR" (e.g. Set5), "tfds:NAME";
-    # the first one gives the records' top-level psnr/ssim
-    c.eval.sets = ("skimage",)
+    # validation sets: "skimage:validation", "folder:DIR" (e.g. Set5), "tfds:NAME" (its
+    # validation split); the first one gives the records' top-level psnr/ssim
+    c.eval.sets = ("skimage:validation",)
     c.eval.tied_check = True  # hr points: also evaluate the same net run in LR space (lr_tied)
 
     c.measure = ml_collections.ConfigDict()
@@ -74,6 +85,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.seeds = (0, 1, 2)
         c.steps = (100_000,)
         c.residual = (False, True)
+        c.engine.train.batch_size = 64
+        c.engine.train.patch = 17  # ESPCN's LR patches
+        c.engine.train.log_every_steps = 500
+        c.engine.train.checkpoint_every_steps = 5000
+        c.engine.opt.warmup_steps = 1000
         c.model.scheme = "taper"  # ESPCN's 64:32 shape
         c.data.train = "tfds:div2k/bicubic_x3"
         c.measure.latency_repeats = 20
@@ -81,6 +97,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.measure.throughput_lr_size = "360x640"
     elif preset == "smoke":  # a CPU test run: seconds per point
         c.engine_preset = "smoke"
+        c.engine.train.batch_size = 4
+        c.engine.train.patch = 8
+        c.engine.train.log_every_steps = 2
+        c.engine.train.checkpoint_every_steps = 4
+        c.engine.opt.warmup_steps = 0
         c.families = ("lr", "hr")
         c.budgets = (2e3,)
         c.steps = (8,)
