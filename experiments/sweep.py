@@ -61,7 +61,7 @@ def expand_preset(argv: list[str]) -> list[str]:
     if has_config:
         fail("give --preset or --config, not both")
     name = presets[-1].split("=", 1)[1]
-    return [*argv, f"--config={SWEEP_CONFIG}:{name}"]
+    return [argv[0], f"--config={SWEEP_CONFIG}:{name}", *argv[1:]]  # before --config.x overrides
 
 
 def engine_config(preset: str | None):

@@ -103,10 +103,23 @@ def _digest(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def names(value) -> tuple[str, ...]:
+    """A tuple of strings from a tuple or a comma-separated string (``--config.families=lr,hr``
+    arrives as ``("lr,hr",)``)."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        value = (value,)
+    out = []
+    for item in value:
+        out += [p.strip() for p in item.split(",")] if isinstance(item, str) else [item]
+    return tuple(p for p in out if p != "")
+
+
 def _axis(cfg: ml_collections.ConfigDict, name: str) -> tuple:
     value = cfg[name]
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         value = (value,)
+    if name == "families":
+        value = names(value)
     if not value:
         raise ValueError(f"sweep axis {name} is empty: give at least one value")
     if len(set(value)) != len(value):

@@ -146,23 +146,21 @@ def load_set(name: str) -> data.Source:
     return evaluation.load_set(name)
 
 
-def sr_function(model: nnx.Module):
-    """The protocol's ``sr_fn`` (uint8-range LR in, uint8-range SR out) of a [0, 1] model."""
-    fwd, state = _forward(model)
-    return jax.jit(lambda lr: fwd(state, lr / 255.0) * 255.0)
-
-
 def evaluate_source(model: nnx.Module, source: data.Source, scale: int) -> dict:
-    """The evaluation protocol (MATLAB Y, border crop, per-image mean) on an in-memory set."""
+    """The evaluation protocol (MATLAB Y, border crop, per-image mean) on an in-memory set.
+
+    ADAPTER (until the ``infer`` branch is merged): ``evaluate.evaluate_source`` when it exists
+    (models in [0, 1]); else the per-image protocol with a [0, 255] ``sr_fn`` wrapper.
+    """
+    if hasattr(evaluate, "evaluate_source"):
+        return evaluate.evaluate_source(model, source, scale)
     channels = "y" if model.config.channels == 1 else "rgb"
-    sr_fn = sr_function(model)
+    fwd, state = _forward(model)
+    sr_fn = jax.jit(lambda lr: fwd(state, lr / 255.0) * 255.0)
     rows = []
     for k, name in enumerate(source.names):
         hr = images.mod_crop(source.hr[k], scale)
-        if source.lr is not None:
-            lr = source.lr[k]
-        else:
-            lr = evaluate.make_lr(hr, scale, channels, True)
+        lr = source.lr[k] if source.lr is not None else evaluate.make_lr(hr, scale, channels, True)
         p, s = evaluate.evaluate_image(hr, lr, sr_fn, scale, channels)
         rows.append({"file": str(name).split("/")[-1], "psnr": p, "ssim": s})
     return {

@@ -26,10 +26,18 @@ from etils import epath
 
 from espcn_jax import data, flops
 from espcn_jax.study import measure, results
-from espcn_jax.study.grid import Point, model_dict
+from espcn_jax.study.grid import Point, model_dict, names
 
 TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
 RestoreFn = Callable[[str], tuple]
+
+
+def eval_sets(sweep: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The validation set names (``eval.sets``: a tuple or a comma-separated string)."""
+    sets = names(sweep.eval.sets)
+    if not sets:
+        raise ValueError("eval.sets is empty: give at least one validation set")
+    return sets
 
 
 def point_dir(workdir: str | os.PathLike, point: Point) -> epath.Path:
@@ -61,7 +69,7 @@ def training_config(
         cfg.data.source = sweep.data.train
         if sweep.data.data_dir:
             cfg.data.data_dir = sweep.data.data_dir
-        cfg.eval.sets = ",".join(sweep.eval.sets)
+        cfg.eval.sets = ",".join(eval_sets(sweep))
     merge(cfg, sweep.engine.to_dict())
     return cfg
 
@@ -126,9 +134,7 @@ class Context:
     @property
     def sets(self) -> dict[str, data.Source]:
         if self._sets is None:
-            if not self.sweep.eval.sets:
-                raise ValueError("eval.sets is empty: give at least one validation set")
-            self._sets = {name: measure.load_set(name) for name in self.sweep.eval.sets}
+            self._sets = {name: measure.load_set(name) for name in eval_sets(self.sweep)}
         return self._sets
 
     @property
@@ -161,7 +167,7 @@ def run_point(point: Point, ctx: Context) -> dict:
     final = ctx.train_fn(config, os.fspath(workdir))
     model, _ = ctx.restore_fn(os.fspath(workdir))
     m, scale = ctx.sweep.measure, ctx.sweep.model.scale
-    evals = {name: final["eval"][name] for name in ctx.sweep.eval.sets}
+    evals = {name: final["eval"][name] for name in eval_sets(ctx.sweep)}
     with jax.default_matmul_precision("highest"):  # numbers that compare across devices
         loss = measure.train_loss(model, ctx.subset)
     cost = measure.cost(
@@ -171,7 +177,7 @@ def run_point(point: Point, ctx: Context) -> dict:
         throughput_batch=m.throughput_batch,
         throughput_lr_size=flops.parse_size(m.throughput_lr_size, "measure.throughput_lr_size"),
     )
-    first = ctx.sweep.eval.sets[0]
+    first = eval_sets(ctx.sweep)[0]
     record = {
         **point.as_dict(),
         "status": results.STATUS_OK,

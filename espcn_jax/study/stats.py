@@ -140,7 +140,7 @@ def equivalence(
     ``psnr_a``: ``(n_seeds, len(cost_a))``, ``psnr_b``: ``(n_seeds, len(cost_b))``; row ``s`` of
     both is seed ``s`` (paired). The fits use seed means; the bootstrap redraws seeds (the same
     rows for both families) ``n_boot`` times and reports the percentile interval of the ratio
-    (infinite draws count as infinite).
+    (infinite draws count as infinite; quantiles without interpolation).
     """
     psnr_a, psnr_b = np.asarray(psnr_a, np.float64), np.asarray(psnr_b, np.float64)
     if psnr_a.ndim != 2 or psnr_b.ndim != 2 or psnr_a.shape[0] != psnr_b.shape[0]:
@@ -160,7 +160,7 @@ def equivalence(
         draws.append(equivalence_ratio(fa, fb, cost))
     tail = (1 - confidence) / 2
     low, high = (
-        (float(np.quantile(draws, q)) for q in (tail, 1 - tail))
+        (float(np.quantile(draws, q, method="inverted_cdf")) for q in (tail, 1 - tail))
         if n > 1
         else (
             math.nan,
