@@ -49,13 +49,15 @@ def test_tiny_sweep_end_to_end_then_rerun_skips_everything(tmp_path):
     assert proc.stdout.rstrip().endswith(f"output directory: {workdir}")
     assert conclusion in proc.stdout and "| lr |" in proc.stdout
 
-    again = run_driver("sweep.py", *args, "--json")
+    again = run_driver("sweep.py", *args, "--json", "--noreport")
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads(again.stdout)
     assert (summary["ok"], summary["failed"], summary["skipped"]) == (0, 0, 4)
     assert len(results.read(workdir / "results.jsonl")) == 4  # nothing appended or rewritten
 
-    rep = run_driver("report.py", f"--workdir={workdir}", f"--out_dir={tmp_path / 'r2'}", "--json")
+    rep = run_driver(
+        "report.py", f"--workdir={workdir}", f"--out_dir={tmp_path / 'r2'}", "--json", "--nosamples"
+    )
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert json.loads(rep.stdout)["conclusion"] == conclusion
 
@@ -65,14 +67,10 @@ def test_dry_run_lists_exactly_the_shard(tmp_path):
     assert full.returncode == 0, full.stderr[-2000:]
     grid = [p["point_id"] for p in json.loads(full.stdout)["run"]]
     assert len(grid) == 12  # 3 families x 2 budgets x 2 seeds
-    shards = []
-    for i in range(3):
-        proc = run_driver(
-            "sweep.py", "--preset=quick", f"--workdir={tmp_path}", "--dry_run", f"--shard={i}/3"
-        )
-        shards.append([p["point_id"] for p in json.loads(proc.stdout)["run"]])
-    assert sorted(sum(shards, [])) == sorted(grid)
-    assert shards[1] == grid[1::3]
+    one = run_driver(
+        "sweep.py", "--preset=quick", f"--workdir={tmp_path}", "--dry_run", "--shard=1/3"
+    )
+    assert [p["point_id"] for p in json.loads(one.stdout)["run"]] == grid[1::3]
 
 
 @pytest.mark.parametrize(
@@ -80,8 +78,6 @@ def test_dry_run_lists_exactly_the_shard(tmp_path):
     [
         (("--preset=quick", "--shard=3/2"), "shard must be i/n"),
         (("--preset=quick", "--config=experiments/configs/sweep.py:paper"), "not both"),
-        (("--preset=quick", "--config.families=lr,vdsr"), "families"),
-        (("--preset=quick", "--config.budgets=1"), "infeasible"),
         (("--workdir=/nonexistent",), "--preset"),
     ],
 )
