@@ -43,13 +43,15 @@ def brute_force_width(base: models.ModelConfig, budget: float, lr_size, metric: 
     return best[1]
 
 
-@pytest.mark.parametrize("match_rf", [False, True])
-def test_expand_solves_each_family_to_its_nearest_width(match_rf):
+@pytest.mark.parametrize(
+    "match_rf, metric", [(False, "conv_macs"), (True, "conv_macs"), (False, "flops")]
+)
+def test_expand_solves_each_family_to_its_nearest_width(match_rf, metric):
     cfg = sweep_config("quick")
     cfg.families = ("lr", "hr", "deconv")
     cfg.budgets = (1e4,)
     cfg.match_rf = (match_rf,)
-    cfg.budget.metric = "flops"  # the solver's own metric: checked by brute force below
+    cfg.budget.metric = metric
     cfg.budget.lr_size = "24x32"
     points = grid.expand(cfg)
     lr_size = (24, 32)
@@ -58,10 +60,10 @@ def test_expand_solves_each_family_to_its_nearest_width(match_rf):
         base = models.ModelConfig(
             family=p.family, depth=3, widths=1, residual=True, kernel_sizes=kernels
         )
-        want = brute_force_width(base, 1e4 * 24 * 32, lr_size, "flops")
+        want = brute_force_width(base, 1e4 * 24 * 32, lr_size, metric)
         assert p.model.widths == (want, want), p.point_id
         assert p.model.kernel_sizes == (kernels or models.default_kernel_sizes(p.family, 3, 3))
-        achieved = flops.model_cost(p.model, lr_size).flops / (24 * 32)
+        achieved = getattr(flops.model_cost(p.model, lr_size), metric) / (24 * 32)
         assert p.achieved == pytest.approx(achieved)
 
 

@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import warnings
 from collections.abc import Sequence
 
 import ml_collections
@@ -142,18 +141,8 @@ def rf_kernel_sizes(family: str, depth: int, scale: int, match_rf: bool) -> tupl
 
 
 def _solve(base: ModelConfig, budget_image: float, lr_size, scheme: str, metric: str):
-    """``solver.solve_width`` in ``metric``. ADAPTER (until the ``found`` branch is merged): where
-    the solver has no ``conv_macs`` metric yet, solve on useful FLOPs at twice the budget
-    (FLOPs = 2 x MACs + bias/activation adds) and warn."""
-    if metric == "conv_macs" and metric not in solver.METRICS:
-        warnings.warn(
-            "solver has no 'conv_macs' metric yet: matching 2x the budget in useful FLOPs",
-            stacklevel=2,
-        )
-        sol = solver.solve_width(2 * budget_image, base, lr_size, scheme=scheme, metric="flops")
-        return sol, sol.flops / 2
     sol = solver.solve_width(budget_image, base, lr_size, scheme=scheme, metric=metric)
-    return sol, sol.flops
+    return sol, sol.flops  # in the metric's units (MACs for conv_macs)
 
 
 def expand(cfg: ml_collections.ConfigDict) -> list[Point]:
@@ -164,8 +153,8 @@ def expand(cfg: ml_collections.ConfigDict) -> list[Point]:
             raise ValueError(f"families: {family!r} is not one of {models.FAMILY_NAMES}")
     m, b = cfg.model, cfg.budget
     lr_size = flops.parse_size(b.lr_size, "budget.lr_size")
-    if b.metric != "conv_macs" and b.metric not in solver.METRICS:
-        raise ValueError(f"budget.metric must be conv_macs or one of {solver.METRICS}")
+    if b.metric not in solver.METRICS:
+        raise ValueError(f"budget.metric must be one of {solver.METRICS}, got {b.metric!r}")
     setting = setting_of(cfg)
     points = []
     outer = itertools.product(

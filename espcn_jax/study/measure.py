@@ -20,7 +20,6 @@ import numpy as np
 from flax import nnx
 
 from espcn_jax import data, evaluate, flops, images, models, pipeline, timing
-from espcn_jax.models import ModelConfig
 
 TRAIN_SUBSET_SEED = 2**31 - 1  # the fixed training subset's sampler seed (no point trains with it)
 
@@ -28,43 +27,6 @@ TRAIN_SUBSET_SEED = 2**31 - 1  # the fixed training subset's sampler seed (no po
 def _forward(model: nnx.Module):
     graphdef, state = nnx.split(model)
     return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)), state
-
-
-def conv_macs(config: ModelConfig, lr_size) -> int:
-    """Conv multiply-adds per image. ADAPTER (until the ``found`` branch is merged): uses
-    ``flops.ModelCost.conv_macs`` when it exists, else the dense count of every conv layer
-    (``out_pixels * k * k * C_in * C_out``; a stride-r transposed conv: per HR output pixel)."""
-    cost = flops.model_cost(config, lr_size)
-    if hasattr(cost, "conv_macs"):
-        return int(cost.conv_macs)
-    h, w = lr_size
-    r = config.scale
-    total = 0
-    for i, ((cin, cout), k) in enumerate(
-        zip(config.layer_channels(), config.kernel_sizes, strict=True)
-    ):
-        last = i == config.depth - 1
-        if config.family in ("hr", "lr_tied"):
-            total += h * r * w * r * k * k * cin * cout
-        elif config.family == "deconv" and last:
-            total += h * r * w * r * math.ceil(k / r) ** 2 * cin * cout
-        else:
-            total += h * w * k * k * cin * cout
-    return total
-
-
-def receptive_field(config: ModelConfig) -> float:
-    """Receptive field side in LR pixels. ADAPTER: ``models.receptive_field`` when the ``found``
-    branch provides it; else convs only: ``1 + sum(k - 1)`` on their grid, HR convs counted in
-    LR pixels (divided by r) plus the bicubic upscale's 4-tap support (3 LR pixels)."""
-    if hasattr(models, "receptive_field"):
-        return float(models.receptive_field(config))
-    r, ks = config.scale, config.kernel_sizes
-    if config.family in ("hr", "lr_tied"):
-        return (1 + sum(k - 1 for k in ks)) / r + 3
-    if config.family == "deconv":
-        return 1 + sum(k - 1 for k in ks[:-1]) + (math.ceil(ks[-1] / r) - 1)
-    return 1 + sum(k - 1 for k in ks)
 
 
 def compiled_stats(model: nnx.Module, lr_shape) -> dict:
@@ -111,7 +73,7 @@ def cost(
     h, w = lr_size
     shape = (1, h, w, config.channels)
     analytic = flops.model_cost(config, (h, w))
-    macs = conv_macs(config, (h, w))
+    macs = analytic.conv_macs
     compiled = compiled_stats(model, shape)
     latency = flops.measure_latency(model, shape, repeats=latency_repeats)
     tput = throughput(
@@ -125,7 +87,7 @@ def cost(
         "flops": analytic.flops,
         "flops_per_lr_pixel": analytic.flops / (h * w),
         "flops_xla": compiled["flops_xla"],
-        "receptive_field_lr": receptive_field(config),
+        "receptive_field_lr": models.receptive_field(config),
         "latency_ms": latency["median_ms"],
         "latency": latency,
         "throughput_images_per_s": tput["images_per_s"],
