@@ -46,7 +46,9 @@ def ops_gaps() -> dict:
                 "shuffle": float(np.max(np.abs(np.asarray(y) - shuffle_ref(x, 3, order)))),
                 "unshuffle": float(np.max(np.abs(np.asarray(back) - x))),
                 "convert": float(
-                    np.max(np.abs(shuffle_ref(np.asarray(conv), 3, other) - shuffle_ref(x, 3, order)))
+                    np.max(
+                        np.abs(shuffle_ref(np.asarray(conv), 3, other) - shuffle_ref(x, 3, order))
+                    )
                 ),
                 "batch_spec": [str(jax.typeof(v).sharding.spec[0]) for v in (y, back, conv)],
             }

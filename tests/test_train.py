@@ -1,0 +1,141 @@
+"""The train step: one Adam step against PyTorch, schedules against their formulas, gradient
+clipping, mixed precision, the eval step. The loop is tested in test_train_loop.py."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from espcn_jax import models
+from espcn_jax.training import optim
+from espcn_jax.training import step as step_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# --- the step ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1"])
+def test_one_adam_step_matches_torch(loss):
+    """ESPCN (torch channel order) forward, loss, backward and one Adam step, against the same
+    network written in PyTorch: ``Conv2d``, ``tanh``, ``PixelShuffle``, ``torch.optim.Adam``."""
+    torch = pytest.importorskip("torch")
+    cfg = models.ModelConfig(
+        family="lr", scale=2, depth=2, widths=4, kernel_sizes=(3, 3), order="torch"
+    )
+    mesh = step_lib.make_mesh()
+    steps = step_lib.make_steps(cfg, optax.adam(1e-2), seed=0, mesh=mesh, loss=loss)
+    state = steps.init()
+    params0 = jax.device_get(state.params)
+    rng = np.random.default_rng(0)
+    batch = {
+        "lr": rng.random((3, 5, 6, 1), np.float32),
+        "hr": rng.random((3, 10, 12, 1), np.float32),
+    }
+    state, metrics = steps.train(state, batch)
+
+    convs = [torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)]
+    for conv, p in zip(convs, (params0["convs"][0], params0["convs"][1]), strict=True):
+        conv.weight.data = torch.tensor(np.transpose(np.asarray(p["kernel"][...]), (3, 2, 0, 1)))
+        conv.bias.data = torch.tensor(np.asarray(p["bias"][...]))
+    net = torch.nn.Sequential(convs[0], torch.nn.Tanh(), convs[1], torch.nn.PixelShuffle(2))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x = torch.tensor(batch["lr"]).permute(0, 3, 1, 2)
+    y = torch.tensor(batch["hr"]).permute(0, 3, 1, 2)
+    criterion = torch.nn.MSELoss() if loss == "mse" else torch.nn.L1Loss()
+    ref_loss = criterion(net(x), y)
+    opt.zero_grad()
+    ref_loss.backward()
+    opt.step()
+
+    assert float(metrics["loss"]) == pytest.approx(ref_loss.item(), rel=1e-5)
+    params = jax.device_get(state.params)
+    for i, conv in enumerate(convs):
+        kernel = np.transpose(conv.weight.detach().numpy(), (2, 3, 1, 0))
+        np.testing.assert_allclose(params["convs"][i]["kernel"][...], kernel, atol=2e-6)
+        np.testing.assert_allclose(
+            params["convs"][i]["bias"][...], conv.bias.detach().numpy(), atol=2e-6
+        )
+    assert int(state.step) == 1
+
+
+def _opt(**fields) -> ml_collections.ConfigDict:
+    base = dict(
+        optimizer="adam",
+        lr=1e-2,
+        final_lr=1e-4,
+        schedule="cosine",
+        warmup_steps=0,
+        clip_norm=0.0,
+        b1=0.9,
+        b2=0.999,
+    )
+    return ml_collections.ConfigDict({**base, **fields})
+
+
+def test_schedules_follow_their_formulas():
+    steps, s = 1000, np.array([0, 1, 250, 500, 999, 1000])
+    espcn = optim.schedule(_opt(schedule="espcn"), steps)
+    np.testing.assert_allclose(
+        [espcn(int(k)) for k in s], 1e-2 * (1e-4 / 1e-2) ** (s / steps), rtol=1e-5
+    )
+    cosine = optim.schedule(_opt(schedule="cosine", warmup_steps=100), steps)
+    t = (s - 100) / 900
+    want = np.where(s < 100, 1e-2 * s / 100, 1e-4 + (1e-2 - 1e-4) * 0.5 * (1 + np.cos(np.pi * t)))
+    np.testing.assert_allclose([cosine(int(k)) for k in s], want, rtol=1e-5)
+    const = optim.schedule(_opt(schedule="constant"), steps)
+    np.testing.assert_allclose([const(int(k)) for k in s], 1e-2, rtol=1e-6)
+
+
+def test_clip_norm_bounds_the_first_sgd_update():
+    """SGD's first step moves the parameters by ``lr * g``; clipped, ``|update| = lr * clip``."""
+    cfg = models.ModelConfig(family="lr", scale=2, depth=2, widths=4)
+    tx = optim.optimizer(_opt(optimizer="sgd", schedule="constant", lr=0.1, clip_norm=1e-3), 10)
+    steps = step_lib.make_steps(cfg, tx, seed=0, mesh=step_lib.make_mesh())
+    state = steps.init()
+    before = jax.device_get(state.params)
+    rng = np.random.default_rng(0)
+    batch = {"lr": rng.random((2, 4, 4, 1), np.float32), "hr": rng.random((2, 8, 8, 1), np.float32)}
+    state, metrics = steps.train(state, batch)
+    moved = optax.global_norm(
+        jax.tree.map(lambda a, b: a - b, jax.device_get(state.params), before)
+    )
+    assert float(metrics["grad_norm"]) > 1e-2  # the clip is active
+    assert float(moved) == pytest.approx(0.1 * 1e-3, rel=1e-4)
+
+
+def test_mixed_precision_keeps_float32_state():
+    f32 = models.ModelConfig(family="lr", scale=2, depth=2, widths=8)
+    rng = np.random.default_rng(0)
+    batch = {
+        "lr": rng.random((4, 6, 6, 1), np.float32),
+        "hr": rng.random((4, 12, 12, 1), np.float32),
+    }
+    out = {}
+    for name, cfg in {"f32": f32, "bf16": f32.replace(dtype="bfloat16")}.items():
+        steps = step_lib.make_steps(cfg, optax.adam(1e-3), seed=0, mesh=step_lib.make_mesh())
+        state, metrics = steps.train(steps.init(), batch)
+        dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim}
+        assert dtypes == {jnp.dtype("float32")}, name
+        out[name] = float(metrics["loss"])
+    assert out["bf16"] == pytest.approx(out["f32"], rel=2e-2)
+    assert out["bf16"] != out["f32"]  # the switch changes the computation
+
+
+def test_eval_step_psnr_matches_numpy():
+    cfg = models.ModelConfig(family="lr", scale=2, depth=2, widths=4)
+    steps = step_lib.make_steps(cfg, optax.adam(1e-3), seed=0, mesh=step_lib.make_mesh())
+    state = steps.init()
+    rng = np.random.default_rng(0)
+    batch = {"lr": rng.random((2, 4, 4, 1), np.float32), "hr": rng.random((2, 8, 8, 1), np.float32)}
+    sr = np.asarray(nnx.merge(steps.graphdef, state.params)(batch["lr"]))
+    want = -10 * np.log10(np.mean((np.clip(sr, 0, 1) - batch["hr"]) ** 2))
+    assert float(steps.evaluate(state.params, batch)["psnr"]) == pytest.approx(want, rel=1e-5)
