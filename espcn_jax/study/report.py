@@ -270,10 +270,15 @@ def conclusion(
         wins = [c for c in cells if _verdict(c["flops"], a, b) == f"{a} beats {b}"]
         losses = [c for c in cells if _verdict(c["flops"], a, b) == f"{b} beats {a}"]
         means = [c["flops"]["mean"] for c in cells]
+        spread = (
+            f"is {_db(means[0])}"
+            if len(means) == 1
+            else f"ranges from {_db(min(means))} to {_db(max(means))}"
+        )
         head = (
             f"At matched FLOPs, {a} beats {b} in {len(wins)} of {len(cells)} cells "
             f"(the paired 95% interval excludes zero), loses in {len(losses)}; the mean difference "
-            f"{a} - {b} ranges from {_db(min(means))} to {_db(max(means))}."
+            f"{a} - {b} {spread}."
         )
         if (a, b) != ("lr", "hr"):
             parts.append(head)
