@@ -23,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 
+import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -49,6 +50,12 @@ flags.DEFINE_bool("report", True, "Write the report when the sweep ends.")
 flags.DEFINE_bool("dry_run", False, "Print the (sharded) points and exit without training.")
 flags.DEFINE_bool("progress", True, "Progress bar over points on stderr.")
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() first: one point spans every host of a TPU slice or a "
+    "Slurm job (run the same command on every host; process 0 writes the records and report).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -82,6 +89,8 @@ def main(argv: list[str]) -> None:
         raise ValueError("give --preset=quick|paper|smoke or --config=FILE")
     sweep = FLAGS.config
     index, count = grid.parse_shard(FLAGS.shard)
+    if FLAGS.distributed:
+        jax.distributed.initialize()
     points = grid.expand(sweep)
     mine = grid.shard(points, index, count)
     if FLAGS.dry_run:
@@ -108,6 +117,8 @@ def main(argv: list[str]) -> None:
         "shard": [index, count],
         **counts,
     }
+    if jax.process_index() != 0:
+        return
     if FLAGS.report:
         summary["report"] = outputs.write_report(workdir)
     if FLAGS.json:

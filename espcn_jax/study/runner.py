@@ -3,6 +3,9 @@
 Completed points (an ``ok`` record in any results file of the workdir, this shard's or another's)
 are skipped; a point that raises is recorded with ``status="failed"`` and its error, and the loop
 goes on (a later run tries it again). A progress bar over points with an ETA goes to stderr.
+
+Multi-host (after ``jax.distributed.initialize()``): every process runs every point of its shard
+(the engine trains each point over all processes' devices) and only process 0 appends records.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+import jax
 from absl import logging
 from etils import epath
 from tqdm import tqdm
@@ -24,6 +28,7 @@ def run(
     points: Sequence[Point], ctx: Context, results_path: str | epath.Path, *, progress: bool = True
 ) -> dict:
     """Runs ``points`` (skipping completed ones); returns counts ``{"ok", "failed", "skipped"}``."""
+    writer = jax.process_index() == 0
     done = results.completed(results.read_dir(ctx.workdir))
     todo = [p for p in points if p.point_id not in done]
     counts = {"ok": 0, "failed": 0, "skipped": len(points) - len(todo)}
@@ -33,7 +38,7 @@ def run(
         desc="points",
         unit="point",
         file=sys.stderr,
-        disable=not progress,
+        disable=not (progress and writer),
         dynamic_ncols=True,
     )
     with bar:
@@ -45,7 +50,8 @@ def run(
             except Exception as e:  # one failed point is recorded, not fatal
                 logging.error("point %s failed: %s", point.point_id, e)
                 record = failure_record(point, ctx, e, start)
-            results.append(results_path, record)
+            if writer:
+                results.append(results_path, record)
             counts[record["status"]] += 1
             bar.update(1)
     return counts
