@@ -92,6 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.engine.opt.warmup_steps = 1000
         c.model.scheme = "taper"  # ESPCN's 64:32 shape
         c.data.train = "tfds:div2k/bicubic_x3"
+        c.eval.sets = ("tfds:div2k/bicubic_x3", "skimage:validation")  # add folder:Set5 etc.
         c.measure.latency_repeats = 20
         c.measure.throughput_batch = 16
         c.measure.throughput_lr_size = "360x640"
