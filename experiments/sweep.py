@@ -30,6 +30,7 @@ from ml_collections import config_flags
 from espcn_jax.cli import fail, print_json, run
 from espcn_jax.study import grid, outputs, results, runner
 from espcn_jax.study.point import Context
+from espcn_jax.training import Interrupted
 
 HERE = Path(__file__).resolve().parent
 SWEEP_CONFIG = HERE / "configs" / "sweep.py"
@@ -109,7 +110,11 @@ def main(argv: list[str]) -> None:
         path,
     )
     ctx = Context(sweep, engine_config(sweep.get("engine_preset")), workdir)
-    counts = runner.run(mine, ctx, path, progress=FLAGS.progress)
+    try:
+        counts = runner.run(mine, ctx, path, progress=FLAGS.progress)
+    except Interrupted as e:
+        print(f"interrupted: {e}; run the same command again to resume", file=sys.stderr)
+        sys.exit(128 + e.signum)
     summary = {
         "workdir": workdir,
         "results": path,

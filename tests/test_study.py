@@ -371,3 +371,24 @@ def test_unknown_engine_override_is_named(smoke_points):
     cfg.engine = ml_collections.ConfigDict({"train": {"bogus": 1}})
     with pytest.raises(ValueError, match="engine.train.bogus"):
         point.training_config(points[0], cfg, base_config())
+
+
+def test_a_signal_stops_the_sweep_without_recording_the_interrupted_point(tmp_path, smoke_points):
+    import signal
+
+    from espcn_jax.training import Interrupted
+
+    cfg, points = smoke_points
+    engine = FakeEngine()
+
+    def train(config, workdir):
+        if pathlib.Path(workdir).name == points[1].point_id:
+            raise Interrupted(signal.SIGTERM, 3)
+        return engine.train(config, workdir)
+
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.eval.tied_check = False
+    ctx = point.Context(cfg, base_config(), tmp_path, train_fn=train, restore_fn=engine.restore)
+    with pytest.raises(Interrupted):
+        runner.run(points, ctx, tmp_path / "results.jsonl", progress=False)
+    assert [r["point_id"] for r in results.read(tmp_path / "results.jsonl")] == [points[0].point_id]

@@ -2,7 +2,9 @@
 
 Completed points (an ``ok`` record in any results file of the workdir, this shard's or another's)
 are skipped; a point that raises is recorded with ``status="failed"`` and its error, and the loop
-goes on (a later run tries it again). A progress bar over points with an ETA goes to stderr.
+goes on (a later run tries it again). A signal (SIGTERM on preemption, Ctrl-C) stops the sweep:
+the engine has saved the point's checkpoint, and running the same command again resumes it.
+A progress bar over points with an ETA goes to stderr.
 
 Multi-host (after ``jax.distributed.initialize()``): every process runs every point of its shard
 (the engine trains each point over all processes' devices) and only process 0 appends records.
@@ -22,6 +24,7 @@ from tqdm import tqdm
 from espcn_jax.study import results
 from espcn_jax.study.grid import Point
 from espcn_jax.study.point import Context, failure_record, run_point
+from espcn_jax.training import Interrupted
 
 
 def run(
@@ -47,6 +50,8 @@ def run(
             start = time.time()
             try:
                 record = run_point(point, ctx)
+            except Interrupted:  # SIGTERM/SIGINT: the engine saved a checkpoint; stop the sweep
+                raise
             except Exception as e:  # one failed point is recorded, not fatal
                 logging.error("point %s failed: %s", point.point_id, e)
                 record = failure_record(point, ctx, e, start)
