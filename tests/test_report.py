@@ -199,7 +199,7 @@ def test_conclusion_reports_the_win_and_the_cells_where_lr_does_not_win():
     assert "1 point(s) failed" in text and "ValueError: boom" in text
     # the numbers in the text are the table's
     d = a["differences"]["lr", "hr"][1]
-    assert f"{d['flops']['mean']:+.2f} dB" in text
+    assert f"{d['flops']['mean']:+.3f} dB" in text
 
 
 def test_conclusion_without_seed_replication_says_so():

@@ -224,7 +224,14 @@ def sample_grid(
     size = max(16, min(hr_y.shape) // 5)
     i, j = _crop_box(hr_y, size)
     n = len(titled)
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.6), squeeze=False)
+    aspect = hr_y.shape[0] / hr_y.shape[1]
+    fig, axes = plt.subplots(
+        2,
+        n,
+        figsize=(2.6 * n, 2.6 * aspect + 3.2),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [aspect, 1.0]},
+    )
     for k, (title, img) in enumerate(titled):
         axes[0, k].imshow(img, cmap="gray", vmin=0, vmax=255)
         axes[0, k].add_patch(

@@ -213,14 +213,14 @@ def equivalences(
 
 
 def _db(x: float) -> str:
-    return f"{x:+.2f} dB" if math.isfinite(x) else "n/a"
+    return f"{x:+.3f} dB" if math.isfinite(x) else "n/a"
 
 
 def _interval(iv: dict) -> str:
     if iv["n"] < 2 or not math.isfinite(iv["low"]):
         return f"{_db(iv['mean'])} (one seed: no interval)"
     return (
-        f"{_db(iv['mean'])} ({iv['confidence']:.0%} CI {iv['low']:+.2f} to {iv['high']:+.2f}, "
+        f"{_db(iv['mean'])} ({iv['confidence']:.0%} CI {iv['low']:+.3f} to {iv['high']:+.3f}, "
         f"{iv['n']} paired seeds)"
     )
 
@@ -324,7 +324,7 @@ def _spread(rows: Sequence[dict], cell: dict, a: str, b: str) -> str:
         if (r["group"], r["budget"]) == (cell["group"], cell["budget"]) and r["family"] in (a, b):
             sds[r["family"]] = r["psnr_std"]
     if all(math.isfinite(sds.get(f, math.nan)) for f in (a, b)):
-        return f"; seed std {a} {sds[a]:.2f} dB, {b} {sds[b]:.2f} dB"
+        return f"; seed std {a} {sds[a]:.3f} dB, {b} {sds[b]:.3f} dB"
     return ""
 
 
@@ -359,8 +359,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['group']} | {r['budget']:g} | {r['family']} | {r['widths']} | {r['n_seeds']} | "
-            f"{_pm(r['psnr'], r['psnr_std'], 2)} | {_pm(r['ssim'], r['ssim_std'], 4)} | "
-            f"{_pm(r['train_psnr'], r['train_psnr_std'], 2)} | {_num(r['params'], ',')} | "
+            f"{_pm(r['psnr'], r['psnr_std'], 3)} | {_pm(r['ssim'], r['ssim_std'], 4)} | "
+            f"{_pm(r['train_psnr'], r['train_psnr_std'], 3)} | {_num(r['params'], ',')} | "
             f"{_num(r['conv_macs_per_lr_pixel'], '.3g')} | {_num(r['gflops_xla'], '.3g')} | "
             f"{_num(r['latency_ms'], '.3g')} | {_num(r['throughput'], '.3g')} | "
             f"{_num(r['memory_mb'], '.3g')} | {_num(r['receptive_field_lr'], '.3g')} |"
@@ -372,8 +372,8 @@ def _iv_cell(iv: dict | None) -> str:
     if iv is None:
         return "n/a"
     if iv["n"] < 2 or not math.isfinite(iv["low"]):
-        return f"{iv['mean']:+.2f} (n={iv['n']})"
-    return f"{iv['mean']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}] (n={iv['n']})"
+        return f"{iv['mean']:+.3f} (n={iv['n']})"
+    return f"{iv['mean']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}] (n={iv['n']})"
 
 
 def markdown_differences(diffs: Sequence[dict]) -> str:
