@@ -139,6 +139,7 @@ def synthetic(gap: dict[float, float], seeds=(0, 1, 2), noise=0.05, residual=Tru
                         "memory_bytes": 2**20,
                         "receptive_field_lr": 9,
                         "eval_set": "skimage:validation",
+                        "bicubic_psnr": 24.5,
                     }
                 )
     return out
@@ -197,6 +198,7 @@ def test_conclusion_reports_the_win_and_the_cells_where_lr_does_not_win():
     )
     assert "hr beats lr at matched FLOPs" in text
     assert "1 point(s) failed" in text and "ValueError: boom" in text
+    assert "where bicubic upscaling scores 24.500 dB" in text
     # the numbers in the text are the table's
     d = a["differences"]["lr", "hr"][1]
     assert f"{d['flops']['mean']:+.3f} dB" in text

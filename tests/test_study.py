@@ -336,6 +336,7 @@ def test_ok_record_has_the_promised_keys_and_consistent_costs(tmp_path, smoke_po
         assert key in rec, key
     assert rec["status"] == "ok" and rec["eval_set"] == cfg.eval.sets[0]
     assert rec["psnr"] == rec["eval"][cfg.eval.sets[0]]["psnr"]
+    assert rec["bicubic_psnr"] == rec["bicubic"][cfg.eval.sets[0]]["psnr"]
     assert tuple(rec["config"]["model"]["widths"]) == hr.model.widths
     assert rec["config"]["train"]["steps"] == hr.steps and rec["config"]["train"]["seed"] == hr.seed
     h, w = flops.parse_size(cfg.measure.latency_lr_size)
@@ -392,3 +393,17 @@ def test_a_signal_stops_the_sweep_without_recording_the_interrupted_point(tmp_pa
     with pytest.raises(Interrupted):
         runner.run(points, ctx, tmp_path / "results.jsonl", progress=False)
     assert [r["point_id"] for r in results.read(tmp_path / "results.jsonl")] == [points[0].point_id]
+
+
+def test_bicubic_scores_equal_a_residual_net_with_zero_weights(smoke_points):
+    """A residual hr net whose convs are all zero outputs exactly the bicubic upscale."""
+    import jax
+
+    cfg, _ = smoke_points
+    source = measure.load_set(cfg.eval.sets[0])
+    net = models.build_model("hr", depth=2, widths=2, residual=True, rngs=nnx.Rngs(0))
+    nnx.update(net, jax.tree.map(lambda x: x * 0, nnx.state(net, nnx.Param)))
+    want = measure.evaluate_source(net, source, 3)
+    got = measure.bicubic_scores(source, 3, 1)
+    assert got["psnr"] == pytest.approx(want["psnr"], abs=1e-4)
+    assert got["ssim"] == pytest.approx(want["ssim"], abs=1e-6)

@@ -133,6 +133,19 @@ def evaluate_source(model: nnx.Module, source: data.Source, scale: int) -> dict:
     }
 
 
+def bicubic_scores(source: data.Source, scale: int, channels: int) -> dict:
+    """The protocol's PSNR/SSIM of bicubic upscaling (the floor every family must clear)."""
+    mode = "y" if channels == 1 else "rgb"
+    upscale = evaluate.bicubic_model(scale)  # linear: the same on [0, 1] and [0, 255] pixels
+    rows = []
+    for k in range(len(source)):
+        hr = images.mod_crop(source.hr[k], scale)
+        lr = source.lr[k] if source.lr is not None else evaluate.make_lr(hr, scale, mode, True)
+        rows.append(evaluate.evaluate_image(hr, lr, upscale, scale, mode))
+    psnr, ssim = np.mean(rows, axis=0)
+    return {"psnr": float(psnr), "ssim": float(ssim)}
+
+
 def train_subset(
     source: data.Source, *, scale: int, channels: int, patch: int, batch: int, batches: int
 ) -> list[dict[str, np.ndarray]]:

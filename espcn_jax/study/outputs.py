@@ -86,6 +86,19 @@ def write_report(
         "",
         "## Per cell and family (mean ± std over seeds)",
         "",
+        *(
+            [
+                "Bicubic upscaling: "
+                + "; ".join(
+                    f"{name} PSNR {v['psnr']:.3f} dB, SSIM {v['ssim']:.4f}"
+                    for name, v in a["bicubic"].items()
+                )
+                + ".",
+                "",
+            ]
+            if a["bicubic"]
+            else []
+        ),
         report.markdown_table(a["rows"]),
         "",
         "## Differences (paired over seeds)",

@@ -130,12 +130,24 @@ class Context:
         self.train_fn, self.restore_fn = train_fn, restore_fn
         self._sets: dict | None = None
         self._subset: list | None = None
+        self._bicubic: dict | None = None
 
     @property
     def sets(self) -> dict[str, data.Source]:
         if self._sets is None:
             self._sets = {name: measure.load_set(name) for name in eval_sets(self.sweep)}
         return self._sets
+
+    @property
+    def bicubic(self) -> dict[str, dict]:
+        """Bicubic's scores on every validation set (computed once per sweep)."""
+        if self._bicubic is None:
+            m = self.sweep.model
+            self._bicubic = {
+                name: measure.bicubic_scores(source, m.scale, m.channels)
+                for name, source in self.sets.items()
+            }
+        return self._bicubic
 
     @property
     def subset(self) -> list:
@@ -191,6 +203,8 @@ def run_point(point: Point, ctx: Context) -> dict:
         "train_steps": final.get("step"),
         "train_loss_last": final.get("train_loss"),
         "eval": evals,
+        "bicubic": ctx.bicubic,
+        "bicubic_psnr": ctx.bicubic[first]["psnr"],
     }
     if ctx.sweep.eval.tied_check and point.family == "hr":
         with jax.default_matmul_precision("highest"):

@@ -252,6 +252,7 @@ def conclusion(
     equivs: dict[tuple[str, str], list[dict]],
     failed: Sequence[dict],
     eval_set: str | None = None,
+    bicubic: float | None = None,
 ) -> str:
     """A paragraph computed from the tables (never written by hand)."""
     if not rows:
@@ -259,6 +260,8 @@ def conclusion(
     n_seeds = max(r["n_seeds"] for r in rows)
     families = sorted({r["family"] for r in rows}, key=_family_key)
     where = f" on {eval_set}" if eval_set else ""
+    if bicubic is not None and math.isfinite(bicubic):
+        where += f", where bicubic upscaling scores {bicubic:.3f} dB"
     parts = [
         f"In this run ({sum(r['n_seeds'] for r in rows)} completed points, up to {n_seeds} seeds "
         f"per network, families {', '.join(families)}; PSNR{where}):"
@@ -450,11 +453,13 @@ def analyse(records: Iterable[dict], n_boot: int = 2000) -> dict:
     diffs = {p: differences(ok, *p) for p in pairs}
     equivs = {p: equivalences(ok, *p, n_boot=n_boot) for p in pairs}
     eval_set = ok[0].get("eval_set") if ok else None
+    bicubic = ok[0].get("bicubic_psnr") if ok else None
     return {
         "ok": ok,
         "failed": failed,
         "rows": rows,
         "differences": diffs,
         "equivalences": equivs,
-        "conclusion": conclusion(rows, diffs, equivs, failed, eval_set),
+        "bicubic": ok[0].get("bicubic") if ok else None,
+        "conclusion": conclusion(rows, diffs, equivs, failed, eval_set, bicubic),
     }
