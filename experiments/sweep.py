@@ -7,7 +7,8 @@
     python experiments/sweep.py --preset=quick --workdir=DIR --dry_run        # list the points
 
 ``--preset=NAME`` is ``--config=experiments/configs/sweep.py:NAME``; either takes overrides such as
-``--config.seeds=0,1,2`` or ``--config.eval.sets=skimage,folder:/data/Set5``. Each point trains in
+``--config.seeds=0,1,2``, ``--config.families=lr,hr`` or
+``--config.eval.sets=skimage:validation,folder:/data/Set5`` (the first set gives the headline PSNR). Each point trains in
 ``WORKDIR/points/<point_id>`` and appends one record to ``WORKDIR/results.jsonl`` (with
 ``--shard=i/n``: ``results.shard-i-of-n.jsonl``; n machines share one grid and one workdir, and
 the report merges their files). Re-running skips completed points and resumes a half-trained one
