@@ -243,7 +243,11 @@ def _ratio(eq: dict | None, what: str, a: str, b: str) -> str:
         hi = f"{eq['high']:.2g}" if math.isfinite(eq["high"]) else "inf"
         ci = f" (95% bootstrap CI over seeds {eq['low']:.2g} to {hi})"
     extra = ", extrapolated beyond the measured budgets" if eq["extrapolated"] else ""
-    return f"{b} needs {eq['ratio']:.2g}x the {what} of {a} to reach its PSNR{ci}{extra}"
+    slopes = (
+        f" (fitted gain per doubling of {what}: {a} {eq['fit_a']['slope'] * math.log(2):+.3f} dB,"
+        f" {b} {eq['fit_b']['slope'] * math.log(2):+.3f} dB)"
+    )
+    return f"{b} needs {eq['ratio']:.2g}x the {what} of {a} to reach its PSNR{ci}{extra}{slopes}"
 
 
 def conclusion(
