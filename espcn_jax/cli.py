@@ -66,6 +66,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return FLAGS(argv)
     except flags.Error as e:
         fail(str(e).splitlines()[0])
+    except (KeyError, AttributeError) as e:  # ml_collections: a --config.* override naming no field
+        fail(f"unknown field in a --config override: {str(e).strip(chr(34))}")
 
 
 def _quiet_logs() -> None:

@@ -9,6 +9,7 @@ stderr), 1 NaN/Inf loss, 128 + signal number after a signal.
 
 from __future__ import annotations
 
+import pathlib
 import sys
 
 from absl import flags
@@ -16,12 +17,17 @@ from ml_collections import config_flags
 
 from espcn_jax import cli, training
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    "experiments/configs/espcn.py",
-    "Training config file (ml_collections).",
-    lock_config=True,
-)
+try:  # config_flags loads the file and applies --config.* overrides right here
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config",
+        str(pathlib.Path(__file__).resolve().parent / "configs" / "espcn.py"),
+        "Training config file (ml_collections); --config.group.field=value overrides a field.",
+        lock_config=True,
+    )
+except (AttributeError, KeyError) as e:  # an override naming no field of the config
+    cli.fail(f"unknown field in a --config override: {str(e).strip(chr(34))}")
+except ValueError as e:
+    cli.fail(str(e).splitlines()[0])
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, checkpoints, metrics.")
 _JSON = flags.DEFINE_bool("json", False, "Print final_eval.json instead of a table.")
 

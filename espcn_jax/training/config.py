@@ -113,19 +113,29 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def check_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Writes ``config.json`` into a new run directory, or checks that an existing run has the
-    same config (up to :data:`RESUMABLE_FIELDS`); ValueError rather than overwrite another run."""
+def write_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Writes ``config.json`` into a new run directory (atomically); checks an existing one."""
     path = workdir / CONFIG_FILE
+    check_workdir_config(config, workdir)
+    if path.exists():
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(to_json(config))
+    tmp.replace(path)
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """ValueError unless ``workdir`` is new or holds a run of the same config (up to
+    :data:`RESUMABLE_FIELDS`): another run is never overwritten."""
+    path = workdir / CONFIG_FILE
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"--workdir {workdir} is not a directory")
     if not path.exists():
         if (workdir / "checkpoints").exists():
             raise ValueError(
                 f"{workdir} holds checkpoints but no {CONFIG_FILE}; refusing to use it"
             )
-        workdir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(to_json(config))
-        tmp.replace(path)
         return
     try:
         old = _plain(path.read_text())

@@ -9,6 +9,7 @@ resumed from the checkpoint at step ``k`` repeats exactly what an uninterrupted 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -21,8 +22,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.sharding import Mesh
 
-from espcn_jax import data, flops, pipeline
+from espcn_jax import data, flops, models, pipeline
 from espcn_jax.training import checkpoint, evaluation, optim, writers
 from espcn_jax.training import config as cfg_lib
 from espcn_jax.training import step as step_lib
@@ -96,12 +98,14 @@ def _catch_signals():
 
 
 def _evaluate(model, sets, model_cfg, step: int) -> dict:
+    """Protocol scores per set, at full float32 precision (comparable across backends)."""
     channels = "y" if model_cfg.channels == 1 else "rgb"
     out = {}
     for name in sets:
-        scores = evaluation.evaluate_model(
-            model, evaluation.load_set(name), model_cfg.scale, channels
-        )
+        with jax.default_matmul_precision("highest"):
+            scores = evaluation.evaluate_model(
+                model, evaluation.load_set(name), model_cfg.scale, channels
+            )
         out[name] = {**scores, "step": step}
         logging.info(
             "eval step %d %s: PSNR %.3f dB SSIM %.4f", step, name, scores["psnr"], scores["ssim"]
@@ -109,115 +113,132 @@ def _evaluate(model, sets, model_cfg, step: int) -> dict:
     return out
 
 
+@dataclasses.dataclass
+class _Run:
+    """What a training session holds: the config, its parts, and where results go."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    model_cfg: models.ModelConfig
+    mesh: Mesh
+    steps: step_lib.Steps
+    sampler: pipeline.PatchSampler
+    sets: tuple[str, ...]
+    ckpts: checkpoint.Checkpoints
+    writer: writers.MetricWriter | None = None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Trains (resuming from the last checkpoint in ``workdir``), evaluates on ``config.eval.sets``
     and writes ``workdir/final_eval.json``, which it returns."""
     workdir = Path(workdir)
     model_cfg, mesh, steps = _build(config)
+    cfg_lib.check_workdir_config(config, workdir)
+    sampler = _sampler(
+        config, model_cfg
+    )  # bad data and patch sizes fail before anything is written
     sets = cfg_lib.eval_sets(config)
     for name in sets:
-        evaluation.load_set(name)  # bad set names fail before training
-    t = config.train
-    cfg_lib.check_workdir_config(config, workdir)
-    ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints)
+        evaluation.load_set(name)
+    cfg_lib.write_workdir_config(config, workdir)
+    ckpts = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints)
+    run = _Run(config, workdir, model_cfg, mesh, steps, sampler, sets, ckpts)
     try:
-        return _run(config, workdir, model_cfg, mesh, steps, sets, ckpts)
+        return _run(run)
     finally:
         ckpts.close()
 
 
-def _run(config, workdir, model_cfg, mesh, steps, sets, ckpts) -> dict:
-    t = config.train
-    total = t.steps
-    meta = {"train_time_s": 0.0, "train_loss": None}
-    if ckpts.latest_step() is not None:
-        state, meta = ckpts.restore(_abstract(steps))
-        logging.info("resumed from the checkpoint at step %d", int(state.step))
-    else:
-        state = steps.init()
-    start = int(jax.device_get(state.step))
-    if start > total:
-        raise ValueError(
-            f"{workdir} holds a checkpoint at step {start} > config.train.steps={total}"
-        )
-    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    cost = flops.model_cost(model_cfg, (t.patch, t.patch))
-    train_flops = 3 * cost.flops * t.batch_size  # forward + backward ~ 3 forwards, per step
-    logging.info(
-        "%s: %d parameters, %.4g MFLOPs per %dx%d LR patch (forward); %d devices; batch %d",
-        model_cfg.family,
-        params,
-        cost.flops / 1e6,
-        t.patch,
-        t.patch,
-        mesh.size,
-        t.batch_size,
-    )
-    writer = writers.MetricWriter(workdir, start)
-    try:
-        if start < total:
-            state, meta = _train(
-                config, state, start, meta, steps, mesh, sets, model_cfg, ckpts, writer, train_flops
-            )
-        model = steps.model(state.params)
-        final_path = workdir / FINAL_EVAL_FILE
-        result = {
-            "step": total,
-            "train_time_s": meta["train_time_s"],
-            "train_loss": meta["train_loss"],
-            "eval": {},
-        }
-        if final_path.exists():
-            old = json.loads(final_path.read_text())
-            if old.get("step") == total:
-                result["eval"] = old.get("eval", {})
-        todo = [s for s in sets if s not in result["eval"]]
-        with jax.default_matmul_precision("highest"):
-            result["eval"].update(_evaluate(model, todo, model_cfg, total))
-        for name in todo:
-            writer.write(
-                total,
-                {
-                    f"eval/{name}/{k}": v
-                    for k, v in result["eval"][name].items()
-                    if k in ("psnr", "ssim")
-                },
-            )
-        tmp = final_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(final_path)
-        return result
-    finally:
-        writer.close()
-
-
-def _train(config, state, start, meta, steps, mesh, sets, model_cfg, ckpts, writer, train_flops):
-    t = config.train
-    total = t.steps
-    source = data.make_source(
-        config.data.source, split=config.data.split, data_dir=config.data.data_dir
-    )
-    sampler = pipeline.PatchSampler(
+def _sampler(config, model_cfg) -> pipeline.PatchSampler:
+    d, t = config.data, config.train
+    source = data.make_source(d.source, split=d.split, data_dir=d.data_dir)
+    return pipeline.PatchSampler(
         source,
         scale=model_cfg.scale,
         patch=t.patch,
         batch_size=t.batch_size,
         seed=t.seed,
         color=cfg_lib.color(config),
-        augment=config.data.augment,
+        augment=d.augment,
     )
+
+
+def _run(run: _Run) -> dict:
+    t, total = run.config.train, run.config.train.steps
+    meta = {"train_time_s": 0.0, "train_loss": None}
+    if run.ckpts.latest_step() is not None:
+        state, meta = run.ckpts.restore(_abstract(run.steps))
+        logging.info("resumed from the checkpoint at step %d", int(state.step))
+    else:
+        state = run.steps.init()
+    start = int(jax.device_get(state.step))
+    if start > total:
+        raise ValueError(
+            f"{run.workdir} holds a checkpoint at step {start} > config.train.steps={total}"
+        )
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    cost = flops.model_cost(run.model_cfg, (t.patch, t.patch))
+    logging.info(
+        "%s: %d parameters, %.4g MFLOPs per %dx%d LR patch (forward); %d devices; batch %d",
+        run.model_cfg.family,
+        params,
+        cost.flops / 1e6,
+        t.patch,
+        t.patch,
+        run.mesh.size,
+        t.batch_size,
+    )
+    run.writer = writers.MetricWriter(run.workdir, start)
+    try:
+        if start < total:
+            # forward + backward ~ 3 forward passes
+            state, meta = _train(run, state, meta, 3 * cost.flops * t.batch_size)
+        return _final_eval(run, state, meta)
+    finally:
+        run.writer.close()
+
+
+def _final_eval(run: _Run, state, meta: dict) -> dict:
+    """Scores the final model on every set not yet in final_eval.json, and rewrites it."""
+    total = run.config.train.steps
+    path = run.workdir / FINAL_EVAL_FILE
+    result = {"step": total, **meta, "eval": {}}
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("step") == total:
+            result["eval"] = old.get("eval", {})
+    todo = [s for s in run.sets if s not in result["eval"]]
+    scores = _evaluate(run.steps.model(state.params), todo, run.model_cfg, total)
+    result["eval"].update(scores)
+    if scores:
+        run.writer.write(total, _eval_scalars(scores))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+    return result
+
+
+def _eval_scalars(scores: dict) -> dict:
+    return {f"eval/{n}/{k}": v[k] for n, v in scores.items() for k in ("psnr", "ssim")}
+
+
+def _train(run: _Run, state, meta: dict, flops_per_step: float):
+    """Steps ``state.step .. config.train.steps``; returns the final state and checkpoint meta."""
+    config, ckpts, writer = run.config, run.ckpts, run.writer
+    t, total = config.train, config.train.steps
+    start = int(jax.device_get(state.step))
     batches = pipeline.device_batches(
-        sampler,
+        run.sampler,
         start_step=start,
         num_steps=total - start,
-        sharding=step_lib.batch_sharding(mesh),
+        sharding=step_lib.batch_sharding(run.mesh),
         prefetch=t.prefetch,
     )
     progress = writers.Progress(total, start)
-    train_time = meta["train_time_s"]
     window: list[float] = []  # losses since the last log line
-    logged_loss = meta["train_loss"]
-    t_log, step_log, paused = time.perf_counter(), start, 0.0
+    logged_loss, train_time0 = meta["train_loss"], meta["train_time_s"]
+    t_start = t_log = time.perf_counter()
+    step_log, paused = start, 0.0  # paused: checkpoint and eval time inside the log window
 
     def check(step: int, metrics: dict) -> dict:
         metrics = jax.device_get(metrics)
@@ -232,67 +253,53 @@ def _train(config, state, start, meta, steps, mesh, sets, model_cfg, ckpts, writ
         progress.update(step, float(metrics["loss"]))
         return metrics
 
-    def save(state):
-        meta = {
-            "train_time_s": train_time + time.perf_counter() - t_start,
-            "train_loss": logged_loss,
-        }
-        ckpts.save(state, meta)
-        return meta
-
-    t_start = time.perf_counter()
     pending = None
     with _catch_signals() as caught:
         for s in range(start, total):
-            batch = next(batches)
-            state, metrics = steps.train(state, batch)  # dispatch step s ...
+            state, metrics = run.steps.train(state, next(batches))  # dispatch step s ...
             if pending is not None:
-                check(*pending)  # ... then wait for step s - 1
+                check(*pending)  # ... then wait for step s - 1's metrics
             pending, done = (s + 1, metrics), s + 1
             log_now = done % t.log_every_steps == 0 or done == total
             save_now = done % t.checkpoint_every_steps == 0 or done == total or caught
-            eval_now = (
-                config.eval.every_steps and done % config.eval.every_steps == 0 and done < total
-            )
+            every = config.eval.every_steps
+            eval_now = every and done % every == 0 and done < total
             if not (log_now or save_now or eval_now):
                 continue
-            last = check(*pending)
-            pending = None
+            last, pending = check(*pending), None
             if log_now:
                 now = time.perf_counter()
                 rate = (done - step_log) / max(now - t_log - paused, 1e-9)
+                logged_loss = float(np.mean(window))
                 row = {
-                    "loss": float(np.mean(window)),
+                    "loss": logged_loss,
                     "lr": float(last["lr"]),
                     "grad_norm": float(last["grad_norm"]),
                     "steps_per_s": rate,
-                    "gflops_per_s": rate * train_flops / 1e9,
+                    "gflops_per_s": rate * flops_per_step / 1e9,
                 }
                 writer.write(done, row)
-                progress.log(done, f"loss {row['loss']:.3g}")
-                logged_loss = row["loss"]
+                progress.log(done, f"loss {logged_loss:.3g}")
                 window.clear()
                 t_log, step_log, paused = now, done, 0.0
             if save_now:
                 t0 = time.perf_counter()
-                meta = save(state)
+                meta = {
+                    "train_time_s": train_time0 + t0 - t_start,
+                    "train_loss": logged_loss,
+                }
+                ckpts.save(state, meta)
                 paused += time.perf_counter() - t0
             if eval_now:
                 t0 = time.perf_counter()
-                with jax.default_matmul_precision("highest"):
-                    scores = _evaluate(steps.model(state.params), sets, model_cfg, done)
-                writer.write(
-                    done,
-                    {f"eval/{n}/{k}": v[k] for n, v in scores.items() for k in ("psnr", "ssim")},
-                )
+                scores = _evaluate(run.steps.model(state.params), run.sets, run.model_cfg, done)
+                writer.write(done, _eval_scalars(scores))
                 paused += time.perf_counter() - t0
                 t_start += time.perf_counter() - t0  # train time excludes evaluation
             if caught:
                 ckpts.wait()
                 progress.close()
                 raise Interrupted(caught[0], done)
-        if pending is not None:
-            check(*pending)
     progress.close()
     ckpts.wait()
     return state, meta

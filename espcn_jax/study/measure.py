@@ -1,0 +1,187 @@
+"""What a trained point costs and scores on the current device, apart from training itself.
+
+- cost: conv multiply-adds (the budget convention), useful FLOPs, XLA's count, parameters,
+  receptive field in LR pixels;
+- speed: forward latency at 1080p output, throughput (images/s at a batch);
+- memory: the forward pass's footprint from XLA's compiled memory analysis (arguments + outputs +
+  temporaries - aliased), per call;
+- quality: the evaluation protocol on each validation set, and the final training loss on a fixed
+  training subset (the same patches for every point), so that fitting capacity and
+  generalisation can be told apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from espcn_jax import data, evaluate, flops, images, models, pipeline, timing
+
+TRAIN_SUBSET_SEED = 2**31 - 1  # the fixed training subset's sampler seed (no point trains with it)
+
+
+def _forward(model: nnx.Module):
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)), state
+
+
+def compiled_stats(model: nnx.Module, lr_shape) -> dict:
+    """XLA's FLOP count and compiled memory analysis of one jitted forward pass on ``lr_shape``.
+
+    Memory in bytes: arguments + outputs + temporaries - aliased (``peak_bytes``), and each part.
+    """
+    fwd, state = _forward(model)
+    x = jax.ShapeDtypeStruct(tuple(lr_shape), jnp.float32)
+    compiled = fwd.lower(state, x).compile()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):  # older jax: one dict per module
+        cost = {"flops": sum(c.get("flops", 0.0) for c in cost)}
+    out = {"flops_xla": float((cost or {}).get("flops", 0.0))}
+    stats = compiled.memory_analysis()
+    if stats is None:  # some backends report nothing
+        return out | {"peak_bytes": None}
+    fields = ("argument", "output", "temp", "alias", "generated_code")
+    out |= {f"{f}_bytes": int(getattr(stats, f"{f}_size_in_bytes", 0) or 0) for f in fields}
+    out["peak_bytes"] = (
+        out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
+    )
+    return out
+
+
+def throughput(model: nnx.Module, batch_shape, repeats: int) -> dict:
+    """Images per second of the jitted forward pass on a batch of ``batch_shape``."""
+    fwd, state = _forward(model)
+    x = jax.random.normal(jax.random.key(0), tuple(batch_shape), jnp.float32)
+    t = timing.time_fn(fwd, state, x, repeats=repeats)
+    return {
+        "batch": int(batch_shape[0]),
+        "lr_size": list(batch_shape[1:3]),
+        "median_ms": t["median_ms"],
+        "images_per_s": batch_shape[0] / (t["median_ms"] / 1e3),
+    }
+
+
+def cost(
+    model: nnx.Module, lr_size, *, latency_repeats: int, throughput_batch: int, throughput_lr_size
+) -> dict:
+    """Cost, speed and memory of ``model`` on this device (module docstring)."""
+    config = model.config
+    h, w = lr_size
+    shape = (1, h, w, config.channels)
+    analytic = flops.model_cost(config, (h, w))
+    macs = analytic.conv_macs
+    compiled = compiled_stats(model, shape)
+    latency = flops.measure_latency(model, shape, repeats=latency_repeats)
+    tput = throughput(
+        model, (throughput_batch, *throughput_lr_size, config.channels), latency_repeats
+    )
+    return {
+        "params": flops.count_params(model),
+        "lr_size": [h, w],
+        "conv_macs": macs,
+        "conv_macs_per_lr_pixel": macs / (h * w),
+        "flops": analytic.flops,
+        "flops_per_lr_pixel": analytic.flops / (h * w),
+        "flops_xla": compiled["flops_xla"],
+        "receptive_field_lr": models.receptive_field(config),
+        "latency_ms": latency["median_ms"],
+        "latency": latency,
+        "throughput_images_per_s": tput["images_per_s"],
+        "throughput": tput,
+        "memory_bytes": compiled["peak_bytes"],
+        "memory": {k: v for k, v in compiled.items() if k != "flops_xla"},
+    }
+
+
+# --- quality ---------------------------------------------------------------------------------
+
+
+def load_set(name: str) -> data.Source:
+    """A validation set named as the training engine names them (``config.eval.sets``):
+    ``skimage:validation``, ``folder:PATH``, ``tfds:NAME`` (its validation split)."""
+    from espcn_jax.training import evaluation
+
+    return evaluation.load_set(name)
+
+
+def evaluate_source(model: nnx.Module, source: data.Source, scale: int) -> dict:
+    """The evaluation protocol (MATLAB Y, border crop, per-image mean) on an in-memory set.
+
+    ADAPTER (until the ``infer`` branch is merged): ``evaluate.evaluate_source`` when it exists
+    (models in [0, 1]); else the per-image protocol with a [0, 255] ``sr_fn`` wrapper.
+    """
+    if hasattr(evaluate, "evaluate_source"):
+        return evaluate.evaluate_source(model, source, scale)
+    channels = "y" if model.config.channels == 1 else "rgb"
+    fwd, state = _forward(model)
+    sr_fn = jax.jit(lambda lr: fwd(state, lr / 255.0) * 255.0)
+    rows = []
+    for k, name in enumerate(source.names):
+        hr = images.mod_crop(source.hr[k], scale)
+        lr = source.lr[k] if source.lr is not None else evaluate.make_lr(hr, scale, channels, True)
+        p, s = evaluate.evaluate_image(hr, lr, sr_fn, scale, channels)
+        rows.append({"file": str(name).split("/")[-1], "psnr": p, "ssim": s})
+    return {
+        "psnr": float(np.mean([r["psnr"] for r in rows])),
+        "ssim": float(np.mean([r["ssim"] for r in rows])),
+        "num_images": len(rows),
+        "images": rows,
+    }
+
+
+def bicubic_scores(source: data.Source, scale: int, channels: int) -> dict:
+    """The protocol's PSNR/SSIM of bicubic upscaling (the floor every family must clear)."""
+    mode = "y" if channels == 1 else "rgb"
+    upscale = evaluate.bicubic_model(scale)  # linear: the same on [0, 1] and [0, 255] pixels
+    rows = []
+    for k in range(len(source)):
+        hr = images.mod_crop(source.hr[k], scale)
+        lr = source.lr[k] if source.lr is not None else evaluate.make_lr(hr, scale, mode, True)
+        rows.append(evaluate.evaluate_image(hr, lr, upscale, scale, mode))
+    psnr, ssim = np.mean(rows, axis=0)
+    return {"psnr": float(psnr), "ssim": float(ssim)}
+
+
+def train_subset(
+    source: data.Source, *, scale: int, channels: int, patch: int, batch: int, batches: int
+) -> list[dict[str, np.ndarray]]:
+    """Fixed training batches (one sampler seed for every point, never a training seed)."""
+    sampler = pipeline.PatchSampler(
+        source,
+        scale=scale,
+        patch=patch,
+        batch_size=batch,
+        seed=TRAIN_SUBSET_SEED,
+        color="y" if channels == 1 else "rgb",
+    )
+    return [sampler.batch(step) for step in range(batches)]
+
+
+def train_loss(model: nnx.Module, subset: list[dict[str, np.ndarray]]) -> dict:
+    """Mean squared error (pixel range [0, 1]) on the fixed subset, and its PSNR in dB."""
+    fwd, state = _forward(model)
+    with jax.default_matmul_precision("highest"):
+        mse = float(
+            np.mean([float(jnp.mean((fwd(state, b["lr"]) - b["hr"]) ** 2)) for b in subset])
+        )
+    return {"mse": mse, "psnr": -10 * math.log10(mse) if mse > 0 else math.inf}
+
+
+def tied_check(model: nnx.Module, source: data.Source, scale: int) -> dict:
+    """An ``hr`` net against its exact LR-space image (``lr_tied``) on ``source``'s first image:
+    the protocol's PSNR of both and their largest output difference (float rounding, if exact)."""
+    tied = models.hr_to_lr_tied(model)
+    one = data.Source(
+        source.name, source.hr[:1], source.names[:1], None if source.lr is None else source.lr[:1]
+    )
+    a, b = evaluate_source(model, one, scale), evaluate_source(tied, one, scale)
+    hr = images.mod_crop(source.hr[0], scale)
+    channels = "y" if model.config.channels == 1 else "rgb"
+    lr = jnp.asarray(evaluate.make_lr(hr, scale, channels, True))[None] / 255.0
+    with jax.default_matmul_precision("highest"):
+        diff = float(jnp.max(jnp.abs(model(lr) - tied(lr))))
+    return {"psnr_hr": a["psnr"], "psnr_lr_tied": b["psnr"], "max_abs_output_diff": diff}

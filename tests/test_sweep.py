@@ -1,0 +1,95 @@
+"""experiments/sweep.py and experiments/report.py end to end, in subprocesses, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _drivers import run_driver
+from test_study import tiny_folders
+
+from espcn_jax.study import results
+
+
+def test_tiny_sweep_end_to_end_then_rerun_skips_everything(tmp_path):
+    """The smoke grid (lr, hr x 1 budget x 2 seeds, a few steps) on tiny folders."""
+    train, val = tiny_folders(tmp_path / "data")
+    workdir = tmp_path / "study"
+    args = (
+        "--preset=smoke",
+        f"--workdir={workdir}",
+        f"--config.data.train={train}",
+        f"--config.eval.sets={val}",
+        "--noprogress",
+    )
+    proc = run_driver("sweep.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = results.read(workdir / "results.jsonl")
+    assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
+    assert {(r["family"], r["seed"]) for r in records} == {
+        (f, s) for f in ("lr", "hr") for s in (0, 1)
+    }
+    for r in records:
+        assert r["eval_set"] == val and r["psnr"] == r["eval"][val]["psnr"]
+        assert r["train_steps"] == 8 and r["config"]["train"]["steps"] == 8
+        assert r["latency_ms"] > 0 and r["flops_xla"] > 0 and r["params"] > 0
+    report = workdir / "report"
+    for name in ("report.md", "table.csv", "differences.csv", "report.json", "conclusion.md"):
+        assert (report / name).stat().st_size > 0, name
+    for name in (
+        "psnr_vs_gflops",
+        "psnr_vs_latency",
+        "psnr_vs_params",
+        "training_curves",
+        "samples",
+    ):
+        assert (report / f"{name}.png").stat().st_size > 1000, name
+        assert (report / f"{name}.svg").exists()
+    conclusion = (report / "conclusion.md").read_text().strip()
+    assert proc.stdout.rstrip().endswith(f"output directory: {workdir}")
+    assert conclusion in proc.stdout and "| lr |" in proc.stdout
+
+    again = run_driver("sweep.py", *args, "--json", "--noreport")
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads(again.stdout)
+    assert (summary["ok"], summary["failed"], summary["skipped"]) == (0, 0, 4)
+    assert len(results.read(workdir / "results.jsonl")) == 4  # nothing appended or rewritten
+
+    rep = run_driver(
+        "report.py", f"--workdir={workdir}", f"--out_dir={tmp_path / 'r2'}", "--json", "--nosamples"
+    )
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert json.loads(rep.stdout)["conclusion"] == conclusion
+
+
+def test_dry_run_lists_exactly_the_shard(tmp_path):
+    full = run_driver("sweep.py", "--preset=quick", f"--workdir={tmp_path}", "--dry_run")
+    assert full.returncode == 0, full.stderr[-2000:]
+    grid = [p["point_id"] for p in json.loads(full.stdout)["run"]]
+    assert len(grid) == 12  # 3 families x 2 budgets x 2 seeds
+    one = run_driver(
+        "sweep.py", "--preset=quick", f"--workdir={tmp_path}", "--dry_run", "--shard=1/3"
+    )
+    assert [p["point_id"] for p in json.loads(one.stdout)["run"]] == grid[1::3]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--preset=quick", "--shard=3/2"), "shard must be i/n"),
+        (("--preset=quick", "--config=experiments/configs/sweep.py:paper"), "not both"),
+        (("--workdir=/nonexistent",), "--preset"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    if not any(a.startswith("--workdir") for a in args):
+        args = (*args, f"--workdir={tmp_path}")
+    proc = run_driver("sweep.py", *args, "--dry_run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+
+
+def test_report_of_an_empty_workdir_is_a_usage_error(tmp_path):
+    proc = run_driver("report.py", f"--workdir={tmp_path}")
+    assert proc.returncode == 2 and "no results" in proc.stderr.strip().splitlines()[-1]
