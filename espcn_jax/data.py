@@ -20,8 +20,10 @@ files and subdirectories are ignored; an image file that cannot be decoded is an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import logging as std_logging
 import os
 import re
 from pathlib import Path
@@ -38,7 +40,15 @@ _COLOUR_MODES = ("RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "P", "PA", "LAB
 
 @functools.cache
 def import_tf():
-    """Imports TensorFlow with every accelerator hidden from it. Call before TF use."""
+    """Imports TensorFlow with every accelerator hidden from it. Call before TF use.
+
+    TensorFlow here only reads files and moves NumPy batches (``tf.data``, ``numpy_function``):
+    it does no float arithmetic on our data, so oneDNN's custom kernels are off unless the user
+    set ``TF_ENABLE_ONEDNN_OPTS`` (which also silences oneDNN's start-up notice), and TF's C++
+    INFO/WARNING start-up lines are hidden unless the user set ``TF_CPP_MIN_LOG_LEVEL``.
+    """
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     for kind in ("GPU", "TPU"):
@@ -47,6 +57,30 @@ def import_tf():
         except (RuntimeError, ValueError):  # runtime already initialised, or no such device type
             pass
     return tf
+
+
+@contextlib.contextmanager
+def quiet_tfds():
+    """Within: TFDS's and TensorFlow's routine logs (build steps, progress bars, TF deprecation
+    notices about TFDS's own code) are dropped; their errors still show."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    loggers = [std_logging.getLogger(name) for name in ("absl", "tensorflow")]
+    levels = [logger.level for logger in loggers]
+    root_level = std_logging.root.level
+    progress_bar = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+        for logger in loggers:
+            logger.setLevel(std_logging.ERROR)
+        std_logging.root.setLevel(max(root_level, std_logging.ERROR))
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+        std_logging.root.setLevel(root_level)
+        tfds.display_progress_bar(progress_bar)
 
 
 def default_data_dir() -> Path:
@@ -122,14 +156,17 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
     return images
 
 
-def find_pairs(directory: str | os.PathLike) -> list[tuple[Path, Path]]:
+def find_pairs(
+    directory: str | os.PathLike, paths: list[Path] | None = None
+) -> list[tuple[Path, Path]]:
     """``(hr_path, lr_path)`` pairs of a Set5-style directory (``X_HR.png`` next to ``X_LR.png``).
 
-    Sorted by ``X``. Raises ValueError if the directory has no ``*_HR``/``*_LR`` images or one of
-    them lacks its partner (naming it).
+    Sorted by ``X``. ``paths``: the directory's :func:`list_images`, when the caller has it already
+    (listing again would repeat its warnings). Raises ValueError if the directory has no
+    ``*_HR``/``*_LR`` images or one of them lacks its partner (naming it).
     """
     found: dict[str, dict[str, Path]] = {}
-    for path in list_images(directory):
+    for path in list_images(directory) if paths is None else paths:
         m = PAIR_PATTERN.match(path.stem)
         if m:
             found.setdefault(m["stem"], {})[m["kind"]] = path
@@ -183,7 +220,7 @@ def folder_source(directory: str | os.PathLike) -> Source:
     """Every image in ``directory`` as HR, or its HR/LR pairs if it has the Set5 layout."""
     paths = list_images(directory)
     if is_pair_layout(paths):
-        pairs = find_pairs(directory)
+        pairs = find_pairs(directory, paths)
         return Source(
             name=f"folder:{directory}",
             hr=tuple(as_rgb(load_image(hr)) for hr, _ in pairs),
@@ -213,7 +250,8 @@ def tfds_source(builder, split: str, image_key: str = "hr", lr_key: str = "lr") 
     if image_key not in features:
         raise ValueError(f"{name} has no image feature {image_key!r}; it has {sorted(features)}")
     read_config = tfds.ReadConfig(add_tfds_id=True)
-    ds = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+    with quiet_tfds():
+        ds = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
     records = []
     for ex in tfds.as_numpy(ds):
         key = ex["name"].decode() if "name" in features else ex["tfds_id"].decode()
@@ -279,7 +317,7 @@ def make_source(
     folders. ``data_dir``: TFDS data directory (the skimage build goes to :func:`default_data_dir`
     when None; catalog data is looked up where TFDS looks by default).
     """
-    kind, _, arg = name.partition(":")
+    kind, arg = parse_source_name(name)
     if kind == "folder":
         if arg and path is not None:
             raise ValueError(f"give the folder once, as {name!r} or path={path!r}, not both")
@@ -288,8 +326,15 @@ def make_source(
         return _folder(arg or path, split)
     if path is not None:
         raise ValueError(f"path is only for folder sources, got path={path!r} for {name!r}")
-    if kind == "skimage" and not arg:
+    if kind == "skimage":
         return _skimage(split, data_dir)
-    if kind == "tfds" and arg:
-        return _catalog(arg, split, data_dir)
+    return _catalog(arg, split, data_dir)
+
+
+def parse_source_name(name: str) -> tuple[str, str]:
+    """``"folder:/data/T91" -> ("folder", "/data/T91")``; ValueError for a name
+    :func:`make_source` does not understand (without reading anything)."""
+    kind, _, arg = str(name).partition(":")
+    if (kind == "skimage" and not arg) or kind == "folder" or (kind == "tfds" and arg):
+        return kind, arg
     raise ValueError(f"unknown data source {name!r}; known: {', '.join(KNOWN_SOURCES)}")

@@ -1,39 +1,67 @@
-"""The evaluation protocol of the super-resolution literature (DESIGN.md §3), for any ``sr_fn``.
+"""The evaluation protocol of the super-resolution literature (docs/evaluation.md), for any model.
 
-Per image: HR mod-cropped to a multiple of ``r``; LR either given (a ``X_LR`` image next to
-``X_HR``, the Set5 layout) or made from HR by MATLAB's bicubic ``imresize`` on uint8
-(:func:`bicubic.downscale` with ``round_passes=True``, as :func:`pipeline.degrade` makes training
-LR; it reproduces Set5's LR files bit for bit);
-``SR = sr_fn(LR)`` clipped and rounded to uint8 (:func:`images.quantize`); Y by MATLAB's
-``rgb2ycbcr`` (grey images used as they are); ``r`` pixels cropped from every border; PSNR and SSIM
-per image, then the mean over images.
+A model maps float LR images in [0, 1] to float SR images in [0, 1] (the range the training
+pipeline feeds), ``(1, h, w, C) -> (1, h*r, w*r, C)``: an :class:`nnx.Module` or a plain jit-able
+function. Per image:
 
-``channels`` says what the model sees: ``"rgb"`` (the colour LR image; Y is taken of the rounded SR)
-or ``"y"`` (the Y of the LR image; SR is Y). ``round_lr=False`` with ``channels="y"`` and degraded LR
-is the SRCNN/VDSR MATLAB code (``rgb2ycbcr`` on HR, ``imresize`` of the float Y down and up, round
-once at the end); it reproduces the published bicubic table to the digit (BUILD_NOTES.md).
+- HR mod-cropped to a multiple of ``r``; LR either given (a ``X_LR`` image next to ``X_HR``, the
+  Set5 layout, or a data source's LR) or made from HR by MATLAB's bicubic ``imresize`` on uint8
+  (:func:`bicubic.downscale` with ``round_passes=True``, as :func:`pipeline.degrade` makes training
+  LR; it reproduces Set5's LR files bit for bit);
+- the model sees ``LR / 255``; ``255 * SR`` is clipped and rounded to uint8 as MATLAB's ``uint8()``
+  (:func:`images.quantize`);
+- Y by MATLAB's ``rgb2ycbcr``; ``r`` pixels cropped from every border; PSNR and SSIM per image, then
+  the mean over images.
+
+``channels`` says what the model sees: ``"rgb"`` (the colour LR image; Y is taken of the rounded
+SR) or ``"y"`` (the Y of the LR image; SR is Y). By default it follows the model's
+``config.channels`` (1: ``"y"``, 3: ``"rgb"``), and ``"rgb"`` for plain functions.
+
+Grey images are scored on their grey level as it is (MATLAB's code applies ``rgb2ycbcr`` only to
+three-channel images). A ``"y"`` model sees the grey level as Y; an ``"rgb"`` model sees it as
+``R = G = B`` (:func:`data.as_rgb`) and its rounded output is made grey again by
+:func:`images.rgb_to_grey` (``0.299 R + 0.587 G + 0.114 B``). In-memory :class:`data.Source`\\ s
+store every image as RGB, so there an image whose three channels are equal counts as grey.
+
+``round_lr=False`` with ``channels="y"`` and degraded LR is the SRCNN/VDSR MATLAB code
+(``rgb2ycbcr`` on HR, ``imresize`` of the float Y down and up, round once at the end); it
+reproduces the published bicubic table to the digit (BUILD_NOTES.md).
+
+Models run under ``jax.default_matmul_precision("highest")``, so that TPUs and TF32 GPUs compute
+float32 convolutions in full precision and scores compare across devices. One compiled program per
+image shape serves every set of parameters of one architecture: an ``nnx.Module`` is split into
+its graph (static) and its state (a traced argument), so evaluating a new checkpoint does not
+recompile.
 
 Folder rules (from :mod:`espcn_jax.data`): png/bmp/jpg/jpeg files directly in the directory;
 other files are skipped with a warning on stderr; hidden files and subdirectories are ignored; an
-unreadable image is a ValueError naming it. HR images whose size is not a multiple of ``r`` are
-mod-cropped; given LR images must then be exactly ``(H // r, W // r)``.
+unreadable image is a ValueError naming it. A directory whose images are named ``*_HR`` / ``*_LR``
+has the pair layout; with ``lr_source="degrade"`` (or ``"auto"`` when no ``*_HR`` image has an
+``*_LR`` partner) its ``*_HR`` images are evaluated with degraded LR. HR images whose size is not a
+multiple of ``r`` are mod-cropped; given LR images must then be exactly ``(H // r, W // r)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from espcn_jax import bicubic, data, images, metrics, ops
 
 LR_SOURCES = ("auto", "given", "degrade")
 CHANNELS = ("rgb", "y")
-SRFn = Callable[[jax.Array], jax.Array]  # (1, h, w, C) float32 in [0, 255] -> (1, h*r, w*r, C)
+SRFn = Callable[[jax.Array], jax.Array]  # (1, h, w, C) float32 in [0, 1] -> (1, h*r, w*r, C)
+Model = nnx.Module | SRFn
+PRECISION = "highest"  # jax.default_matmul_precision while a model runs
 
 
 def bicubic_model(r: int) -> SRFn:
@@ -41,17 +69,12 @@ def bicubic_model(r: int) -> SRFn:
     return jax.jit(lambda lr_NHWC: bicubic.upscale(lr_NHWC, r))
 
 
-# The registry of --model values. A trained checkpoint slots in here as "checkpoint" once training
-# exists; its factory will also take the checkpoint path.
+# The registry of --model values that need nothing but the scale. Trained models are loaded from a
+# checkpoint directory instead (experiments/evaluate.py --model=checkpoint).
 MODELS: dict[str, Callable[[int], SRFn]] = {"bicubic": bicubic_model}
 
 
 def make_model(name: str, r: int) -> SRFn:
-    if name == "checkpoint":
-        raise ValueError(
-            "model 'checkpoint' is not available yet (training does not exist); "
-            f"accepted: {', '.join(MODELS)}"
-        )
     if name not in MODELS:
         raise ValueError(f"model must be one of {tuple(MODELS)}, got {name!r}")
     return MODELS[name](r)
@@ -64,33 +87,61 @@ def check_eval_scale(scale) -> int:
     return r
 
 
-def find_images(data_dir: str | os.PathLike, lr_source: str = "auto") -> tuple[list, str]:
-    """``([(hr_path, lr_path or None), ...], resolved lr_source)`` for a directory.
+# --- models: a static apply function and traced parameters ---------------------------------------
 
-    ``auto`` is ``given`` when the directory has the ``*_HR`` / ``*_LR`` layout, else ``degrade``.
-    In the pair layout ``degrade`` evaluates the ``*_HR`` images only.
+
+@dataclasses.dataclass(frozen=True)
+class Apply:
+    """The static half of a model: ``apply(state, lr_NHWC)``. Hashable, so jit keys on it.
+
+    An ``nnx.Module`` contributes its ``GraphDef`` (equal for every module of one architecture), a
+    plain function itself; the parameters travel separately as a traced pytree.
     """
-    if lr_source not in LR_SOURCES:
-        raise ValueError(f"lr_source must be one of {LR_SOURCES}, got {lr_source!r}")
-    paths = data.list_images(data_dir)
-    paired = data.is_pair_layout(paths)
-    if lr_source == "given" and not paired:
-        raise ValueError(f"lr_source='given' needs *_HR / *_LR image pairs, none in {data_dir}")
-    if paired:
-        pairs = data.find_pairs(data_dir)
-        if lr_source == "degrade":
-            return [(hr, None) for hr, _ in pairs], "degrade"
-        return list(pairs), "given"
-    return [(p, None) for p in paths], "degrade"
+
+    graphdef: Any = None
+    fn: SRFn | None = None
+
+    def __call__(self, state, lr_NHWC: jax.Array) -> jax.Array:
+        if self.graphdef is not None:
+            return nnx.merge(self.graphdef, state)(lr_NHWC)
+        return self.fn(lr_NHWC)
 
 
-def _check_sizes(hr_path, hr: np.ndarray, lr_path, lr: np.ndarray | None, r: int) -> None:
+def split_model(model: Model) -> tuple[Apply, Any]:
+    """``(apply, state)`` of an ``nnx.Module`` (``nnx.split``) or a plain function (no state)."""
+    if isinstance(model, nnx.Module):
+        graphdef, state = nnx.split(model)
+        return Apply(graphdef=graphdef), state
+    if not callable(model):
+        raise ValueError(f"model must be an nnx.Module or a function, got {type(model).__name__}")
+    return Apply(fn=model), None
+
+
+def model_channels(model: Model, channels: str | None = None) -> str:
+    """``channels`` checked against the model's ``config.channels`` (1: "y", 3: "rgb"), or from it."""
+    if channels is not None and channels not in CHANNELS:
+        raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
+    count = getattr(getattr(model, "config", None), "channels", None)
+    if count is None:
+        return channels or "rgb"
+    if count not in (1, 3):
+        raise ValueError(f"the model has {count} channels; evaluation needs 1 (Y) or 3 (RGB)")
+    own = "y" if count == 1 else "rgb"
+    if channels is not None and channels != own:
+        raise ValueError(f"channels={channels!r} but the model takes {own!r} (channels={count})")
+    return own
+
+
+# --- one image -----------------------------------------------------------------------------------
+
+
+def _check_sizes(hr_name, hr: np.ndarray, lr_name, lr: np.ndarray | None, r: int) -> None:
     """``hr`` before mod-crop; ``lr`` given or None."""
     h, w = hr.shape[0] // r, hr.shape[1] // r
     need = 2 * r + 2 * metrics.SSIM_RADIUS + 1
     if min(h, w) * r < need:
         raise ValueError(
-            f"image {hr_path} is too small ({hr.shape[0]}x{hr.shape[1]}) for scale {r}: need "
+            f"image {hr_name} is too small ({hr.shape[0]}x{hr.shape[1]}) for scale {r}: need "
             f"at least {need} pixels per side after mod-crop, for an 11x11 SSIM window after "
             "cropping r pixels per border"
         )
@@ -98,12 +149,12 @@ def _check_sizes(hr_path, hr: np.ndarray, lr_path, lr: np.ndarray | None, r: int
         return
     if lr.shape[:2] != (h, w):
         raise ValueError(
-            f"LR image {lr_path} is {lr.shape[0]}x{lr.shape[1]} but HR image {hr_path} "
+            f"LR image {lr_name} is {lr.shape[0]}x{lr.shape[1]} but HR image {hr_name} "
             f"({hr.shape[0]}x{hr.shape[1]}) needs {h}x{w} at scale {r}"
         )
     if lr.shape[2] != hr.shape[2]:
         raise ValueError(
-            f"LR image {lr_path} has {lr.shape[2]} channels but HR image {hr_path} has {hr.shape[2]}"
+            f"LR image {lr_name} has {lr.shape[2]} channels but HR image {hr_name} has {hr.shape[2]}"
         )
 
 
@@ -114,70 +165,86 @@ def _luma(x_HWC: np.ndarray | jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def make_lr(hr_HWC: jax.Array, r: int, channels: str, round_lr: bool) -> jax.Array:
-    """The protocol's degraded LR of a mod-cropped uint8 HR image, in the model's ``channels``."""
+    """The protocol's degraded LR (values in [0, 255]) of a mod-cropped uint8 HR image, in the
+    model's ``channels`` (a grey image stays grey)."""
     x = _luma(hr_HWC) if channels == "y" else hr_HWC
     return bicubic.downscale(x.astype(np.float32)[None], r, round_passes=round_lr)[0]
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _scores(hr_HWC, lr_HWC, sr_fn: SRFn, r: int, channels: str) -> tuple[jax.Array, jax.Array]:
-    """One image, traced once per shape: model, rounding, Y, border crop, PSNR and SSIM."""
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _scores(
+    apply: Apply, state, hr_HWC, lr_HWC, r: int, channels: str
+) -> tuple[jax.Array, jax.Array]:
+    """One image, traced once per architecture and shape: model, rounding, Y, crop, PSNR, SSIM."""
     if channels == "y" and lr_HWC.shape[-1] == 3:
         lr_HWC = _luma(lr_HWC)
-    lr = lr_HWC[None]
-    sr = sr_fn(lr)
+    if channels == "rgb" and lr_HWC.shape[-1] == 1:
+        lr_HWC = jnp.repeat(lr_HWC, 3, axis=-1)  # a grey image as R = G = B
+    lr = lr_HWC[None] / 255.0
+    sr = apply(state, lr)
     want = (1, lr.shape[1] * r, lr.shape[2] * r, lr.shape[3])
     if tuple(sr.shape) != want:
-        raise ValueError(f"sr_fn must map {lr.shape} to {want}, got {tuple(sr.shape)}")
+        raise ValueError(f"the model must map {lr.shape} to {want}, got {tuple(sr.shape)}")
+    sr = images.quantize(255.0 * sr[0].astype(jnp.float32))
+    if sr.shape[-1] == 3 and hr_HWC.shape[-1] == 1:
+        sr_y = images.rgb_to_grey(sr)
+    else:
+        sr_y = _luma(sr)[..., 0]
     hr_y = metrics.shave(_luma(hr_HWC)[..., 0], r)
-    sr_y = metrics.shave(_luma(images.quantize(sr[0]))[..., 0], r)
+    sr_y = metrics.shave(sr_y, r)
     return metrics.psnr(hr_y, sr_y), metrics.ssim(hr_y, sr_y)
 
 
 def evaluate_image(
-    hr_HWC: np.ndarray, lr_HWC: np.ndarray, sr_fn: SRFn, r: int, channels: str = "rgb"
+    hr_HWC: np.ndarray,
+    lr_HWC: np.ndarray,
+    model: Model,
+    r: int,
+    channels: str | None = None,
 ) -> tuple[float, float]:
-    """``(psnr, ssim)`` of one mod-cropped uint8 HR image and its LR image (model ``channels``).
+    """``(psnr, ssim)`` of one mod-cropped uint8 HR image and its LR image (values in [0, 255]).
 
-    ``sr_fn`` is traced inside one jitted function per image shape, so it must be jit-able and
-    hashable (a function, or ``jax.jit`` of one).
+    ``hr_HWC`` with one channel is a grey image; ``lr_HWC`` has the HR image's channels, or one (Y)
+    for a ``"y"`` model. A plain function ``model`` is a static jit argument (hashable: a function,
+    or ``jax.jit`` of one); an ``nnx.Module``'s state is traced.
     """
-    if channels not in CHANNELS:
-        raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
+    channels = model_channels(model, channels)
+    apply, state = split_model(model)
+    return _evaluate_image(apply, state, hr_HWC, lr_HWC, r, channels)
+
+
+def _evaluate_image(apply, state, hr_HWC, lr_HWC, r, channels) -> tuple[float, float]:
     lr = np.asarray(lr_HWC, np.float32)  # one trace for given (uint8) and degraded (float) LR
-    p, s = _scores(np.asarray(hr_HWC, np.uint8), lr, sr_fn, r, channels)
+    with jax.default_matmul_precision(PRECISION):
+        p, s = _scores(apply, state, np.asarray(hr_HWC, np.uint8), lr, r, channels)
     return float(p), float(s)
 
 
-def evaluate(
-    sr_fn: SRFn,
-    data_dir: str | os.PathLike,
-    scale: int,
-    *,
-    lr_source: str = "auto",
-    channels: str = "rgb",
-    round_lr: bool = True,
-) -> dict:
-    """Runs the protocol on every image of ``data_dir``; returns means and per-image scores.
+# --- data sets -----------------------------------------------------------------------------------
 
-    Keys: ``psnr``, ``ssim`` (means over images), ``num_images``, ``images`` (``file``, ``psnr``,
-    ``ssim`` per image, sorted by file name), ``scale``, ``lr_source`` (resolved: ``given`` or
-    ``degrade``), ``channels``, ``round_lr``, ``data_dir``. ``round_lr`` only affects degraded LR.
-    """
-    r = check_eval_scale(scale)
-    if channels not in CHANNELS:
-        raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
-    jobs, source = find_images(data_dir, lr_source)
+
+def _run(
+    model: Model,
+    items: Iterable[tuple[str, str, np.ndarray, str | None, np.ndarray | None]],
+    r: int,
+    channels: str | None,
+    round_lr: bool,
+) -> tuple[list[dict], str]:
+    """Scores ``(hr_name, file, hr, lr_name, lr or None)`` items; ``(rows, resolved channels)``."""
+    channels = model_channels(model, channels)
+    apply, state = split_model(model)
     rows = []
-    for hr_path, lr_path in jobs:
-        hr = data.load_image(hr_path)
-        lr = None if lr_path is None else data.load_image(lr_path)
-        _check_sizes(hr_path, hr, lr_path, lr, r)
+    for hr_name, file, hr, lr_name, lr in items:
+        _check_sizes(hr_name, hr, lr_name, lr, r)
         hr = images.mod_crop(hr, r)
         if lr is None:
             lr = make_lr(hr, r, channels, round_lr)
-        p, s = evaluate_image(hr, lr, sr_fn, r, channels)
-        rows.append({"file": Path(hr_path).name, "psnr": p, "ssim": s})
+        p, s = _evaluate_image(apply, state, hr, lr, r, channels)
+        rows.append({"file": file, "psnr": p, "ssim": s})
+    return rows, channels
+
+
+def _report(rows, r, source, channels, round_lr, name) -> dict:
     return {
         "psnr": float(np.mean([row["psnr"] for row in rows])),
         "ssim": float(np.mean([row["ssim"] for row in rows])),
@@ -186,6 +253,115 @@ def evaluate(
         "lr_source": source,
         "channels": channels,
         "round_lr": round_lr,
-        "data_dir": str(data_dir),
+        "data": name,
         "images": rows,
     }
+
+
+def _check_options(scale, lr_source: str) -> int:
+    if lr_source not in LR_SOURCES:
+        raise ValueError(f"lr_source must be one of {LR_SOURCES}, got {lr_source!r}")
+    return check_eval_scale(scale)
+
+
+def find_images(data_dir: str | os.PathLike, lr_source: str = "auto") -> tuple[list, str]:
+    """``([(hr_path, lr_path or None), ...], resolved lr_source)`` for a directory.
+
+    In the pair layout (images named ``*_HR`` / ``*_LR``) ``given`` needs every ``*_HR`` image's
+    ``*_LR`` partner; ``degrade`` evaluates the ``*_HR`` images alone; ``auto`` is ``given`` when
+    every ``*_HR`` image has its partner and ``degrade`` when none has. Other directories: every
+    image is HR, ``degrade``.
+    """
+    if lr_source not in LR_SOURCES:
+        raise ValueError(f"lr_source must be one of {LR_SOURCES}, got {lr_source!r}")
+    paths = data.list_images(data_dir)
+    if not data.is_pair_layout(paths):
+        if lr_source == "given":
+            raise ValueError(f"lr_source='given' needs *_HR / *_LR image pairs, none in {data_dir}")
+        return [(p, None) for p in paths], "degrade"
+    found: dict[str, dict[str, Path]] = {}
+    for path in paths:
+        m = data.PAIR_PATTERN.match(path.stem)
+        found.setdefault(m["stem"], {})[m["kind"]] = path
+    stems = sorted(found)
+    hr_only = [s for s in stems if "HR" in found[s] and "LR" not in found[s]]
+    lr_only = [s for s in stems if "HR" not in found[s]]
+    if not any("HR" in found[s] for s in stems):
+        raise ValueError(f"no *_HR images in {data_dir}, only *_LR ones")
+    if lr_source == "auto":
+        lr_source = "degrade" if len(hr_only) == len(stems) - len(lr_only) else "given"
+    if lr_source == "degrade":
+        return [(found[s]["HR"], None) for s in stems if "HR" in found[s]], "degrade"
+    for s in hr_only + lr_only:
+        ((kind, path),) = found[s].items()
+        hint = " (--lr_source=degrade evaluates the *_HR images alone)" if kind == "HR" else ""
+        raise ValueError(f"{path} has no matching {'LR' if kind == 'HR' else 'HR'} image{hint}")
+    return [(found[s]["HR"], found[s]["LR"]) for s in stems], "given"
+
+
+def evaluate(
+    model: Model,
+    data_dir: str | os.PathLike,
+    scale: int,
+    *,
+    lr_source: str = "auto",
+    channels: str | None = None,
+    round_lr: bool = True,
+) -> dict:
+    """Runs the protocol on every image of ``data_dir``; returns means and per-image scores.
+
+    Keys: ``psnr``, ``ssim`` (means over images), ``num_images``, ``images`` (``file``, ``psnr``,
+    ``ssim`` per image, sorted by file name), ``scale``, ``lr_source`` (resolved: ``given`` or
+    ``degrade``), ``channels`` (resolved), ``round_lr``, ``data`` (the directory). ``round_lr``
+    only affects degraded LR. Images are read one at a time.
+    """
+    r = _check_options(scale, lr_source)
+    model_channels(model, channels)  # bad channels fail before any image is read
+    jobs, source = find_images(data_dir, lr_source)
+
+    def items() -> Iterator:
+        for hr_path, lr_path in jobs:
+            lr = None if lr_path is None else data.load_image(lr_path)
+            yield hr_path, Path(hr_path).name, data.load_image(hr_path), lr_path, lr
+
+    rows, channels = _run(model, items(), r, channels, round_lr)
+    return _report(rows, r, source, channels, round_lr, str(data_dir))
+
+
+def _grey_if_equal(hr: np.ndarray, lr: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A Source's RGB images as grey ``(H, W, 1)`` when all their channels are equal."""
+
+    def equal(x):
+        return x is None or bool(np.all(x[..., :1] == x[..., 1:]))
+
+    if equal(hr) and equal(lr):
+        return hr[..., :1], None if lr is None else lr[..., :1]
+    return hr, lr
+
+
+def evaluate_source(
+    model: Model,
+    source: data.Source,
+    scale: int,
+    *,
+    lr_source: str = "auto",
+    channels: str | None = None,
+    round_lr: bool = True,
+) -> dict:
+    """:func:`evaluate` on an in-memory :class:`data.Source` (e.g. ``data.make_source("skimage",
+    split="validation")``): the same protocol and keys; ``data`` is the source's name, ``file``
+    the last path component of each image's name. ``auto`` uses the source's LR images when it
+    has them."""
+    r = _check_options(scale, lr_source)
+    model_channels(model, channels)
+    if lr_source == "given" and source.lr is None:
+        raise ValueError(f"lr_source='given' but data source {source.name!r} has no LR images")
+    use_lr = source.lr is not None and lr_source != "degrade"
+
+    def items() -> Iterator:
+        for i, name in enumerate(source.names):
+            hr, lr = _grey_if_equal(source.hr[i], source.lr[i] if use_lr else None)
+            yield name, Path(name).name, hr, name if use_lr else None, lr
+
+    rows, channels = _run(model, items(), r, channels, round_lr)
+    return _report(rows, r, "given" if use_lr else "degrade", channels, round_lr, source.name)

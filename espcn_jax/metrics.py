@@ -1,4 +1,4 @@
-"""PSNR and SSIM on the Y channel, as the super-resolution literature computes them (DESIGN.md §3).
+"""PSNR and SSIM on the Y channel, as the super-resolution literature computes them (docs/evaluation.md).
 
 Images are ``(H, W)`` or ``(H, W, C)`` arrays holding uint8 values (any dtype; floats in [0, 255]).
 Everything is jit-able JAX; metrics are per image, so average per-image values over a data set

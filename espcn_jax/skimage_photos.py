@@ -18,11 +18,14 @@ Features: ``hr`` (uint8 ``(H, W, 3)``, PNG: lossless, so the stored array is the
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
 import skimage
 import tensorflow_datasets as tfds
+from absl import logging
 
 from espcn_jax import data
 
@@ -93,11 +96,20 @@ class SkimagePhotos(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(data_dir: str | os.PathLike) -> SkimagePhotos:
-    """The builder over ``data_dir``, built there from the bundled files if not yet (no network)."""
+    """The builder over ``data_dir``, built there from the bundled files if not yet (no network).
+
+    The build is quiet: TFDS prints "Downloading and preparing dataset ..." to stdout (where a
+    driver's result goes) and shows progress bars; both are kept off the terminal and the printed
+    lines are logged at INFO instead.
+    """
     data.import_tf()
-    builder = SkimagePhotos(data_dir=os.fspath(data_dir))
-    if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-        )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), data.quiet_tfds():
+        builder = SkimagePhotos(data_dir=os.fspath(data_dir))  # warns when the folder is new
+        if not builder.is_prepared():
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+            )
+    for line in printed.getvalue().splitlines():
+        logging.info("tfds: %s", line)
     return builder

@@ -1,4 +1,4 @@
-"""An HR-space convolution is an LR-space convolution with tied weights (DESIGN.md §1.3).
+"""An HR-space convolution is an LR-space convolution with tied weights (docs/tied.md).
 
 Let ``z = PS_r(z_lr)``. A stride-1, size-preserving HR correlation with kernel ``V`` of shape
 ``(Kh, Kw, C_in, C_out)`` and pads ``(lo, hi)`` (``lo + hi = K - 1``) satisfies

@@ -6,13 +6,13 @@ round by round (the machine is shared: medians and interleaving resist neighbour
 - ``sampler``: ``PatchSampler.batch`` alone (NumPy patch cutting, one thread);
 - ``pipeline``: ``device_batches`` (tf.data thread pool, prefetch, ``jax.device_put``), each batch
   waited for on device;
-- ``train_step``: a minimal jitted ESPCN step (5x5x64 tanh, 3x3x32 tanh, 3x3 to C*r*r, pixel shuffle;
-  MSE; Adam), written here because the real train step belongs to a later issue, on one fixed batch;
+- ``train_step``: a minimal jitted step of the paper's ESPCN (``models.ModelConfig.espcn``: 5x5x64
+  tanh, 3x3x32 tanh, 3x3 to C*r*r, pixel shuffle; MSE; Adam) on one fixed batch;
 - ``fed_train_step``: the same step consuming ``device_batches``; equal to ``train_step`` when the
   pipeline keeps up.
 
-    python experiments/benchmark_data.py
-    python experiments/benchmark_data.py --patch=24 --scale=3 --color=rgb --source=folder:/data/T91
+    python experiments/benchmark_data.py --json
+    python experiments/benchmark_data.py --patch=24 --scale=3 --channels=3 --source=folder:/data/T91
 """
 
 from __future__ import annotations
@@ -29,40 +29,25 @@ import optax
 from absl import flags
 from flax import nnx
 
-from espcn_jax import data, pipeline
-from espcn_jax.cli import print_json, run
-from espcn_jax.ops import pixel_shuffle
+from espcn_jax import cli, data, models, pipeline
 
-flags.DEFINE_string("source", "skimage", "Data source: skimage, folder:PATH, tfds:NAME.")
-flags.DEFINE_string("split", None, "Split for skimage / TFDS sources (default train).")
-flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (default: see espcn_jax.data).")
-flags.DEFINE_integer("scale", 3, "Upscaling factor r.")
-flags.DEFINE_integer("patch", 17, "LR patch side; HR patches are scale * patch.")
-flags.DEFINE_integer("batch_size", 16, "Patches per batch.")
-flags.DEFINE_enum("color", "y", list(pipeline.COLORS), "Y (MATLAB rgb2ycbcr) or RGB.")
-flags.DEFINE_integer("seed", 0, "Data and parameter seed.")
+DATA = cli.define_data_flags()
+SCALE = cli.define_scale_flag()
+CHANNELS = cli.define_channels_flag()
+SEED = cli.define_seed_flag()
+JSON = cli.define_json_flag()
+flags.DEFINE_integer("patch", 17, "LR patch side; HR patches are scale * patch.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 16, "Patches per batch.", lower_bound=1)
 flags.DEFINE_integer("steps", 50, "Batches or steps per timed window.", lower_bound=1)
 flags.DEFINE_integer("windows", 5, "Timed windows per rate (median reported).", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
-class ESPCN(nnx.Module):
-    """ESPCN (Shi et al. 2016): two tanh LR convs, an LR conv to C*r*r channels, pixel shuffle."""
-
-    def __init__(self, channels: int, r: int, *, rngs: nnx.Rngs):
-        self.r = r
-        self.conv1 = nnx.Conv(channels, 64, (5, 5), rngs=rngs)
-        self.conv2 = nnx.Conv(64, 32, (3, 3), rngs=rngs)
-        self.conv3 = nnx.Conv(32, channels * r * r, (3, 3), rngs=rngs)
-
-    def __call__(self, x_NHWC: jax.Array) -> jax.Array:
-        x = jnp.tanh(self.conv2(jnp.tanh(self.conv1(x_NHWC))))
-        return pixel_shuffle(self.conv3(x), self.r)
-
-
 def make_train_step(channels: int, r: int, seed: int):
-    """A pure jitted ``(params, opt_state, batch) -> (params, opt_state, loss)`` and its initial state."""
-    model = ESPCN(channels, r, rngs=nnx.Rngs(seed))
+    """A pure jitted ``(params, opt_state, batch) -> (params, opt_state, loss)`` of the paper's
+    ESPCN, and its initial state."""
+    config = models.ModelConfig.espcn(scale=r, channels=channels)
+    model = models.model_from_config(config, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model, nnx.Param)
     optimizer = optax.adam(1e-3)
 
@@ -94,16 +79,18 @@ def _rates(windows: dict) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    cli.check_no_positional(argv)
     t0 = time.perf_counter()
-    source = data.make_source(FLAGS.source, split=FLAGS.split, data_dir=FLAGS.tfds_data_dir)
+    source = data.make_source(
+        DATA["source"].value, split=DATA["split"].value, data_dir=DATA["tfds_data_dir"].value
+    )
     sampler = pipeline.PatchSampler(
         source,
-        scale=FLAGS.scale,
+        scale=SCALE.value,
         patch=FLAGS.patch,
         batch_size=FLAGS.batch_size,
-        seed=FLAGS.seed,
-        color=FLAGS.color,
+        seed=SEED.value,
+        color=cli.color_of(CHANNELS.value),
     )
     prepare_s = time.perf_counter() - t0
     n = FLAGS.steps
@@ -111,7 +98,7 @@ def main(argv: list[str]) -> None:
     counter = iter(range(10**9))
     batches = pipeline.device_batches(sampler)
     jax.block_until_ready(next(batches))  # start tf.data's threads and fill the prefetch buffers
-    step, params, opt_state = make_train_step(sampler.channels, FLAGS.scale, FLAGS.seed)
+    step, params, opt_state = make_train_step(sampler.channels, SCALE.value, SEED.value)
     fixed = jax.device_put(sampler.batch(0))
     state = {"params": params, "opt": opt_state}
 
@@ -134,14 +121,15 @@ def main(argv: list[str]) -> None:
         }
     )
 
-    print_json(
+    cli.emit(
         {
             "source": source.name,
             "images": len(source),
-            "scale": FLAGS.scale,
+            "scale": SCALE.value,
             "patch": FLAGS.patch,
             "batch_size": FLAGS.batch_size,
-            "color": FLAGS.color,
+            "channels": CHANNELS.value,
+            "color": cli.color_of(CHANNELS.value),
             "steps_per_window": n,
             "windows": FLAGS.windows,
             "prepare_s": round(prepare_s, 3),
@@ -155,9 +143,28 @@ def main(argv: list[str]) -> None:
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),
             "jax": jax.__version__,
-        }
+        },
+        print_table,
     )
 
 
+def print_table(result: dict) -> str:
+    rows = [
+        ("NumPy sampler", "batches/s", result["sampler_batches_per_s"]),
+        ("tf.data pipeline", "batches/s", result["pipeline_batches_per_s"]),
+        ("ESPCN train step, fixed batch", "steps/s", result["train_steps_per_s"]),
+        ("ESPCN train step, fed by the pipeline", "steps/s", result["fed_train_steps_per_s"]),
+    ]
+    head = (
+        f"{result['source']} ({result['images']} images), x{result['scale']}, "
+        f"{result['batch_size']} x {result['patch']}x{result['patch']} LR patches, "
+        f"{result['color']}; median of {result['windows']} windows of "
+        f"{result['steps_per_window']} on {result['device']}"
+    )
+    lines = [head] + [f"  {name:<38} {value:10.1f} {unit}" for name, unit, value in rows]
+    lines.append(f"  pipeline / train step: {result['pipeline_over_train_ratio']:.2f}x")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -1,4 +1,4 @@
-"""Times one upsampling layer computed five ways (DESIGN.md §1.2), side by side in one run.
+"""Times one upsampling layer computed five ways (docs/equivalence.md), side by side in one run.
 
 The same function ``y = conv_transpose(x, kernel, strides=r, padding="SAME") + bias`` with a
 kernel of ``(k*r)**2`` taps, as ``flax.nnx.ConvTranspose`` (and ``lax.conv_transpose``), as
@@ -28,15 +28,14 @@ from absl import flags
 from flax import nnx
 from jax import lax
 
-from espcn_jax import subpixel
-from espcn_jax.cli import define_tune_malloc_flag, print_json, run
+from espcn_jax import cli, subpixel
 from espcn_jax.flops import parse_size
 from espcn_jax.layers import FastConvTranspose
-from espcn_jax.ops import check_positive_int, pixel_shuffle
+from espcn_jax.ops import pixel_shuffle
 from espcn_jax.timing import time_fn, tune_malloc
 
-flags.DEFINE_list("scales", ["2", "3", "4"], "Upsampling factors r (transposed-conv strides).")
-flags.DEFINE_string("lr_size", "360x640", "LR input size HxW (640x360 landscape by default).")
+SCALES = cli.define_scales_flag(["2", "3", "4"])
+LR_SIZE = cli.define_lr_size_flag("360x640", "LR input size HxW (640x360 landscape by default).")
 flags.DEFINE_integer("batch", 1, "Images per call (N).", lower_bound=1)
 flags.DEFINE_integer("in_channels", 32, "C_in of the upsampling layer.", lower_bound=1)
 flags.DEFINE_integer("out_channels", 1, "C_out of the upsampling layer.", lower_bound=1)
@@ -52,9 +51,9 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "warmup", 2, "Untimed calls per variant before round 1 (1 later).", lower_bound=1
 )
-flags.DEFINE_integer("seed", 0, "Seed of the input and the parameters.")
-flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
-TUNE_MALLOC = define_tune_malloc_flag()
+SEED = cli.define_seed_flag(help="Seed of the input and the parameters.")
+JSON = cli.define_json_flag()
+TUNE_MALLOC = cli.define_tune_malloc_flag()
 FLAGS = flags.FLAGS
 
 SHUFFLE_SHARE_TARGET = 0.10  # the shuffle may cost at most this fraction of the LR conv before it
@@ -110,22 +109,10 @@ class Config:
     seed: int
 
 
-def parse_scales(items: list[str]) -> tuple[int, ...]:
-    if not items:
-        raise ValueError("scales must list at least one integer >= 1, got ''")
-    scales = []
-    for item in items:
-        try:
-            scales.append(check_positive_int(int(item.strip()), "scales"))
-        except ValueError:
-            raise ValueError(f"scales must be integers >= 1, got {item!r}") from None
-    return tuple(scales)
-
-
 def config_from_flags() -> Config:
-    h, w = parse_size(FLAGS.lr_size)
+    h, w = parse_size(LR_SIZE.value)
     return Config(
-        scales=parse_scales(FLAGS.scales),
+        scales=cli.parse_int_list(SCALES.value, "scales", cli.MIN_SCALE),
         batch=FLAGS.batch,
         lr_height=h,
         lr_width=w,
@@ -137,7 +124,7 @@ def config_from_flags() -> Config:
         min_time_ms=FLAGS.min_time_ms,
         rounds=FLAGS.rounds,
         warmup=FLAGS.warmup,
-        seed=FLAGS.seed,
+        seed=SEED.value,
     )
 
 
@@ -368,8 +355,7 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ValueError(f"unexpected positional arguments: {argv[1:]}")
+    cli.check_no_positional(argv)
     cfg = config_from_flags()
     malloc = tune_malloc() if TUNE_MALLOC.value else None  # first, before JAX allocates
     report = {
@@ -378,11 +364,8 @@ def main(argv: list[str]) -> None:
         "notes": NOTES,
         "results": [bench_scale(cfg, r) for r in cfg.scales],
     }
-    if FLAGS.json:
-        print_json(report)
-    else:
-        print_table(report)
+    cli.emit(report, print_table)
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -1,7 +1,9 @@
 """The benchmark scripts' plumbing on tiny sizes: JSON schema, numerical agreement, bad flags.
 
 No timing assertions: the numbers are measured, whatever they are; only their presence and the
-agreement checks the scripts run before timing are tested here.
+agreement checks the scripts run before timing are tested here. Both scripts follow the drivers'
+convention (espcn_jax.cli): stdout is only the result (``json.loads`` reads it whole with
+``--json``), and a bad flag exits 2 with one line on stderr before any data is read.
 """
 
 from __future__ import annotations
@@ -26,6 +28,22 @@ TIMED = [
 
 
 run_script = functools.partial(run_driver, "benchmark_upsamplers.py")
+run_data = functools.partial(run_driver, "benchmark_data.py")
+NOISE = (
+    "Downloading and preparing",  # TFDS's build announcement (it prints it on stdout)
+    "oneDNN",  # TensorFlow's C++ start-up notice
+    "cpu_feature_guard",
+    "Unable to initialize backend",  # JAX probing for a TPU
+    "absl::InitializeLog",
+    "Generating splits",  # TFDS's progress bars
+)
+
+
+def assert_one_error_line(proc, message: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr  # one line, nothing else
+    assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -129,16 +147,74 @@ def test_table_output():
 @pytest.mark.parametrize(
     "flag,message",
     [
-        ("--scales=2,x", "scales must be integers >= 1, got 'x'"),
+        ("--scales=2,x", "scales must be integers >= 2, got 'x'"),
+        ("--scales=1,2", "scales must be integers >= 2, got '1'"),
         ("--lr_size=8", "lr_size must be HxW"),
         ("--k=0", "--k=0"),
         ("--dtype=float16", "--dtype=float16"),
+        ("--seed=-1", "--seed=-1"),
+        ("extra", "unexpected positional arguments: extra"),
     ],
 )
 def test_bad_flags_fail_in_one_line(flag, message):
-    proc = run_script(flag, "--json")
-    assert proc.returncode == 2
-    assert proc.stdout == ""
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and message in errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert_one_error_line(run_script(flag, "--json"), message)
+
+
+# --- benchmark_data.py ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fresh_data_dir(tmp_path_factory):
+    """An empty TFDS data directory: the first run builds the skimage photos into it."""
+    return tmp_path_factory.mktemp("espcn_jax_data")
+
+
+DATA_TINY = ("--steps=1", "--windows=1", "--batch_size=2", "--patch=4", "--scale=2")
+
+
+def test_data_benchmark_builds_its_data_and_prints_only_json(fresh_data_dir, monkeypatch):
+    monkeypatch.setenv("ESPCN_JAX_DATA_DIR", str(fresh_data_dir))
+    assert list(fresh_data_dir.iterdir()) == []
+    proc = run_data(*DATA_TINY, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert (fresh_data_dir / "skimage_photos" / "1.0.0").is_dir()  # built in this run
+    report = json.loads(proc.stdout)  # the whole of stdout is one JSON object
+    assert report["source"] == "tfds:skimage_photos/1.0.0[train]" and report["images"] == 14
+    assert (report["scale"], report["patch"], report["batch_size"]) == (2, 4, 2)
+    assert (report["channels"], report["color"]) == (1, "y")
+    for key in ("sampler_batches_per_s", "pipeline_batches_per_s", "train_steps_per_s"):
+        assert math.isfinite(report[key]) and report[key] > 0, key
+    assert report["pipeline_over_train_ratio"] == pytest.approx(
+        report["pipeline_batches_per_s"] / report["train_steps_per_s"], rel=0.02
+    )
+    for noise in NOISE:
+        assert noise not in proc.stdout + proc.stderr, noise
+
+
+def test_data_benchmark_table(fresh_data_dir, monkeypatch):
+    monkeypatch.setenv("ESPCN_JAX_DATA_DIR", str(fresh_data_dir))
+    proc = run_data(*DATA_TINY, "--channels=3")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("tfds:skimage_photos/1.0.0[train] (14 images), x2")
+    assert "batches/s" in proc.stdout and "steps/s" in proc.stdout and "rgb" in proc.stdout
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("--scale=0", "flag --scale=0: scale must be an integer >= 2, got 0"),
+        ("--scale=1", "flag --scale=1: scale must be an integer >= 2, got 1"),
+        ("--seed=-1", "--seed=-1"),
+        ("--patch=0", "--patch=0"),
+        ("--channels=2", "channels must be 1 (Y) or 3 (RGB), got 2"),
+        ("--source=imagenet", "unknown data source 'imagenet'"),
+        ("--nosuchflag", "nosuchflag"),
+        ("stray", "unexpected positional arguments: stray"),
+    ],
+)
+def test_data_benchmark_bad_flags_fail_before_loading_data(flag, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("ESPCN_JAX_DATA_DIR", str(tmp_path))
+    assert_one_error_line(run_data(flag, "--json"), message)
+    assert list(tmp_path.iterdir()) == []  # nothing was built or read

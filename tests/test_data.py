@@ -2,7 +2,8 @@
 
 References are independent of the code under test: skimage.io / PIL decodes, exact integer
 arithmetic and skimage.color for Y, the dihedral group written here with transposes and flips, the
-supplied MATLAB LR images of Set5 (tests skip when ../shared/data/Set5 is absent).
+supplied MATLAB LR images of Set5 (found by tests/_set5.py: ``$ESPCN_SET5_DIR`` or
+../shared/data/Set5; those tests skip without it).
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ import jax
 import numpy as np
 import pytest
 import skimage.io
+from _set5 import set5_scale_dir
 from PIL import Image
 
 from espcn_jax import bicubic, data, pipeline, skimage_photos
-
-SET5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "Set5"
-
 
 # --- helpers ---------------------------------------------------------------------------------------
 
@@ -125,6 +124,21 @@ def skimage_tfds_dir(tmp_path_factory):
         skimage_photos.prepare(data_dir)
     assert attempts == []
     return data_dir
+
+
+def test_first_build_prints_nothing_and_restores_logging(tmp_path, capfd):
+    """TFDS prints "Downloading and preparing dataset ..." to stdout, where a driver's JSON goes;
+    the build must keep stdout clean and leave logging and TFDS's progress bars as it found them."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")] + [logging.root]
+    before = [lg.level for lg in loggers], tqdm_utils._active
+    capfd.readouterr()
+    builder = skimage_photos.prepare(tmp_path)
+    out, _ = capfd.readouterr()
+    assert builder.is_prepared()
+    assert out == ""
+    assert ([lg.level for lg in loggers], tqdm_utils._active) == before
 
 
 @pytest.mark.parametrize("split", ["train", "validation"])
@@ -250,7 +264,7 @@ def test_image_smaller_than_the_crop_is_named(tmp_path):
         pipeline.PatchSampler(source, scale=3, patch=17, batch_size=2, seed=0)
 
 
-def test_pairs_layout_and_its_errors(tmp_path):
+def test_pairs_layout_and_its_errors(tmp_path, caplog):
     rng = np.random.default_rng(2)
     hr = rng.integers(0, 256, (30, 36, 3), dtype=np.uint8)
     lr = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
@@ -263,7 +277,12 @@ def test_pairs_layout_and_its_errors(tmp_path):
         ("img_1_SRF_3_HR.png", "img_1_SRF_3_LR.png"),
         ("img_2_SRF_3_HR.png", "img_2_SRF_3_LR.png"),
     ]
-    source = data.make_source("folder", path=tmp_path)
+    (tmp_path / "readme.txt").write_text("not an image")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        source = data.make_source("folder", path=tmp_path)
+    skipped = [rec for rec in caplog.records if "readme.txt" in rec.getMessage()]
+    assert len(skipped) == 1, caplog.text  # one warning per file, though pairs list the folder
     np.testing.assert_array_equal(source.lr[1], lr)
     with pytest.raises(
         ValueError, match=r"LR image of .*img_1_SRF_3_HR.png is 12x10, expected 1/3"
@@ -288,10 +307,9 @@ def test_degrade_equals_the_unpadded_matlab_downscale(r, shape):
     np.testing.assert_array_equal(pipeline.degrade(hr, r), np.asarray(expected).astype(np.uint8))
 
 
-@pytest.mark.skipif(not SET5.is_dir(), reason="../shared/data/Set5 not present")
 @pytest.mark.parametrize("r", [2, 3, 4])
 def test_degrade_reproduces_the_supplied_matlab_lr_images(r):
-    for hr_path, lr_path in data.find_pairs(SET5 / f"image_SRF_{r}"):
+    for hr_path, lr_path in data.find_pairs(set5_scale_dir(r)):
         hr, lr = data.as_rgb(data.load_image(hr_path)), data.as_rgb(data.load_image(lr_path))
         np.testing.assert_array_equal(pipeline.degrade(hr, r), lr, err_msg=str(hr_path))
 

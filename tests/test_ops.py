@@ -1,7 +1,7 @@
 """Pixel shuffle / unshuffle / convert_order against references we did not write.
 
 References: TensorFlow's ``depth_to_space``/``space_to_depth`` ("tf" order), NumPy loops over the
-index formulas of DESIGN.md §1.1 (both orders), and ``torch.nn.functional.pixel_shuffle`` when torch
+index formulas of docs/equivalence.md (both orders), and ``torch.nn.functional.pixel_shuffle`` when torch
 happens to be installed. Also the small ``espcn_jax.timing.time_fn`` contract.
 """
 
@@ -29,7 +29,7 @@ ORDERS = ("tf", "torch")
 
 
 def shuffle_loop(x_NHWC: np.ndarray, r: int, order: str) -> np.ndarray:
-    """PS_r by the DESIGN.md §1.1 formula, one output element at a time."""
+    """PS_r by the index formula (docs/equivalence.md), one output element at a time."""
     n, h, w, crr = x_NHWC.shape
     c = crr // (r * r)
     out = np.zeros((n, h * r, w * r, c), x_NHWC.dtype)
@@ -396,16 +396,19 @@ def fake_clock(monkeypatch, fn: ScriptedFn) -> None:
     monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: fn.now_s))
 
 
-KEYS = {"median_ms", "min_ms", "p25_ms", "p75_ms", "compile_ms", "repeats", "minor_faults_per_call"}
+def test_time_fn_jits_a_plain_function_once():
+    """A plain function is jitted by time_fn: Python runs it once (the trace), however many calls
+    are made; the statistics are ordered as statistics must be."""
+    traces = []
 
+    def f(x):
+        traces.append(1)
+        return x + 1
 
-def test_time_fn_returns_documented_keys_for_plain_function():
-    stats = timing.time_fn(lambda x: x + 1, jnp.ones(3), warmup=1, repeats=3)
-    assert set(stats) == KEYS
+    stats = timing.time_fn(f, jnp.ones(3), warmup=2, repeats=3)
+    assert len(traces) == 1
     assert stats["repeats"] == 3
-    if stats["minor_faults_per_call"] is None:  # no resource module (Windows)
-        del stats["minor_faults_per_call"]
-    assert all(np.isfinite(v) and v >= 0 for v in stats.values())
+    assert 0 <= stats["min_ms"] <= stats["p25_ms"] <= stats["median_ms"] <= stats["p75_ms"]
 
 
 @pytest.mark.skipif(timing.resource is None, reason="no resource module")
