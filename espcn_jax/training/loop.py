@@ -99,13 +99,10 @@ def _catch_signals():
 
 def _evaluate(model, sets, model_cfg, step: int) -> dict:
     """Protocol scores per set, at full float32 precision (comparable across backends)."""
-    channels = "y" if model_cfg.channels == 1 else "rgb"
     out = {}
     for name in sets:
         with jax.default_matmul_precision("highest"):
-            scores = evaluation.evaluate_model(
-                model, evaluation.load_set(name), model_cfg.scale, channels
-            )
+            scores = evaluation.evaluate_model(model, evaluation.load_set(name), model_cfg.scale)
         out[name] = {**scores, "step": step}
         logging.info(
             "eval step %d %s: PSNR %.3f dB SSIM %.4f", step, name, scores["psnr"], scores["ssim"]
