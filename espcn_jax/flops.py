@@ -1,31 +1,35 @@
-"""Cost of a network per LR image: FLOPs, parameters, XLA's own count and latency.
+"""Cost of a network per LR image: multiply-adds, FLOPs, parameters, XLA's own count and latency.
 
-FLOPs are counted per image of a stated LR size ``(h, w)``, per layer, three ways:
+Costs are counted per image of a stated LR size ``(h, w)``, per layer:
 
+- ``conv_macs``: the multiply-adds of the convolutions only, as the field's tables (FSRCNN, CARN)
+  count them: per conv, output pixels x ``k*k*C_in*C_out`` in the layer's native form (the
+  transposed conv: input pixels x ``K*K*C_in*C_out``; ``lr_tied``: the ``hr`` net's convs), borders
+  not discounted; no bias, activation, bicubic or residual. What the width solver matches by
+  default: the activation never changes the widths.
 - ``flops`` (*useful*): 2 x the multiply-adds whose input is a real sample (not padding, not an
   inserted zero) and whose weight is a real parameter (not a structural zero of a re-indexed
-  kernel), plus 1 per bias add and per residual add, plus the activation's elementwise cost. This is
-  the cost of the maths, whatever runs it, and what the solver matches.
+  kernel), plus 1 per bias add and per residual add, plus the activation's elementwise cost. The
+  cost of the maths, whatever runs it.
 - ``flops_xla``: what XLA's cost model (``compiled.cost_analysis()["flops"]``) counts for the graph
-  as lowered: for a convolution, 2 x the multiply-adds on taps that land on a real input sample —
-  padding and ``lhs_dilation`` holes are skipped, but zero *weights* are counted. It differs from
-  ``flops`` only where a layer runs a re-indexed kernel with structural zeros (``deconv`` with
-  ``K`` not giving whole LR taps, every ``lr_tied`` layer), and for a 1x1 conv from 1 to 1
-  channel, which XLA's simplifier turns into a multiply and counts 1 FLOP per output, not 2
-  (or folds into a neighbouring linear op: such degenerate nets are outside the model), and where
-  the CPU channel-remainder split makes XLA recompute a cheap producer (``XLA_DUPLICATED``). Tested
+  of ``models.model_from_config`` as lowered on this backend: for a convolution, 2 x the
+  multiply-adds on taps that land on a real input sample (padding and ``lhs_dilation`` holes
+  skipped, zero *weights* counted). It differs from ``flops`` where a layer runs a re-indexed
+  kernel with structural zeros (``deconv`` with ``K`` not giving whole LR taps, every ``lr_tied``
+  layer), and by XLA:CPU's quirks modelled in :mod:`espcn_jax.xla_cpu` (the channel split's extra
+  work and recomputed producer; a 1x1 conv from 1 to 1 channel counted as a multiply). Tested
   equal to XLA's figure (up to its float32 accumulation: 1 ulp, ~1e-7 relative).
 - ``flops_executed``: the dense work of the op as run, every tap of every output (padding and
   structural zeros included). ``flops_executed_naive`` adds, for the transposed conv, what
   ``lax.conv_transpose`` / ``nnx.ConvTranspose`` executes when run as the lhs-dilated conv it
-  lowers to (≈ r²x; XLA:CPU's transposed-conv kernel skips the zeros but scatters through a
-  ``K²·C_out``-per-pixel buffer instead).
+  lowers to (~r^2 x; XLA:CPU's transposed-conv kernel skips the zeros but scatters through a
+  ``K^2*C_out``-per-pixel buffer instead).
 
-What else is counted: the bicubic resize as :func:`bicubic.upscale_flops` (its executed 5-tap
-filters, identical in all three columns); the shuffle is a permutation (0). Activations cost what
-XLA counts for the lowered elementwise ops, in ``ACTIVATION_COST`` (FLOPs, transcendentals) per
-element: ``tanh`` is 1 transcendental and 0 FLOPs, ``relu`` 1 FLOP (a max), ``silu`` 4 + 1, ...
-Costs are for float32 computation: with ``dtype="bfloat16"`` XLA adds 1 FLOP per converted element.
+What else is counted in the FLOP columns: the bicubic resize as :func:`bicubic.upscale_flops` (its
+executed 5-tap filters); the shuffle is a permutation (0). Activations cost what XLA counts for the
+lowered elementwise ops, in ``ACTIVATION_COST`` (FLOPs, transcendentals) per element: ``tanh`` is 1
+transcendental and 0 FLOPs, ``relu`` 1 FLOP (a max), ``silu`` 4 + 1, ... Costs are for float32
+computation: with ``dtype="bfloat16"`` XLA adds 1 FLOP per converted element.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from espcn_jax import bicubic, subpixel, tied, timing
+from espcn_jax import bicubic, subpixel, tied, timing, xla_cpu
 from espcn_jax.models import ACTIVATIONS, ModelConfig
 
 # (FLOPs, transcendentals) per element, as XLA's HloCostAnalysis counts the lowered jax.nn ops.
@@ -53,10 +57,6 @@ ACTIVATION_COST: dict[str, tuple[int, int]] = {
     "identity": (0, 0),
 }
 assert set(ACTIVATION_COST) == set(ACTIVATIONS)
-# Activations cheap enough that XLA's fusion recomputes "bias add + activation" in each consumer
-# instead of storing it once: it does so for the two consumers of the CPU channel-remainder split
-# (subpixel.lr_correlation), so XLA counts that producer twice. Measured in tests/test_flops.py.
-XLA_DUPLICATED = frozenset({"identity", "relu"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,7 @@ class LayerCost:
     flops_executed: int
     transcendentals: int = 0
     flops_executed_naive: int | None = None  # the transposed conv run as lax.conv_transpose
+    conv_macs: int = 0  # the field's convention: dense multiply-adds of a conv, borders included
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,10 @@ class ModelCost:
 
     def total(self, field: str) -> int:
         return sum(getattr(layer, field) or 0 for layer in self.layers)
+
+    @property
+    def conv_macs(self) -> int:
+        return self.total("conv_macs")
 
     @property
     def flops(self) -> int:
@@ -113,6 +118,7 @@ class ModelCost:
         """JSON-ready totals, per-output-pixel figures and the per-layer breakdown."""
         return {
             "lr_size": list(self.lr_size),
+            "conv_macs": self.conv_macs,
             "flops": self.flops,
             "flops_xla_model": self.flops_xla,
             "flops_executed": self.flops_executed,
@@ -177,54 +183,33 @@ def _act(name: str, elements: int, act: str) -> LayerCost:
     return LayerCost(name, f"{act} on {n} elements", 0, f * n, f * n, f * n, t * n)
 
 
-def _xla_mac_flops(macs: int, taps: int, cin: int, cout: int) -> int:
-    """XLA's FLOPs for ``macs`` multiply-adds of a conv with ``taps`` kernel taps: 2 each, except
-    that its simplifier turns a 1x1 conv from 1 to 1 channel into an elementwise multiply (1 each).
-    """
-    return macs if taps * cin * cout == 1 else 2 * macs
-
-
-def _split(size, taps: tuple[int, int], out: tuple[int, int], cin: int, cout: int, producer: int):
-    """``(conv_out, xla_extra, executed_extra)`` of an LR correlation run by
-    :func:`subpixel.lr_correlation`: when it splits off the last of ``cout`` channels, that
-    channel runs as per-tap matmuls over every input pixel (no padding skipped) plus
-    ``taps - 1`` shifted adds per output pixel, and XLA recomputes a cheap producer of the
-    input (``producer`` FLOPs per input element, see ``XLA_DUPLICATED``) for the second consumer.
-    """
-    if not subpixel.splits_last_channel(cout, cin):
-        return cout, 0, 0
-    n_taps = taps[0] * taps[1]
-    macs = size[0] * size[1] * n_taps * cin
-    adds = (n_taps - 1) * out[0] * out[1] + producer * size[0] * size[1] * cin
-    return cout - 1, _xla_mac_flops(macs, n_taps, cin, 1) + adds, 2 * macs + adds
-
-
 def _conv(
     name: str, size, k: int, cin: int, cout: int, pads, where: str, split_producer=None
 ) -> LayerCost:
     """A dense stride-1 conv with bias: useful == XLA's count (but for 1x1x1x1 kernels);
     executed counts padding taps too. ``split_producer`` (FLOPs per input element of the op
-    feeding it), when not None: the conv runs as :func:`subpixel.lr_correlation`."""
+    feeding it), when not None: the conv runs as :func:`xla_cpu.lr_correlation`."""
     taps, (oh, ow) = _real_taps(size, (k, k), pads)
     macs_per_out, bias = int(taps.sum()) * cin, oh * ow * cout  # multiply-adds per out channel
     conv_out, xla_extra, executed_extra = cout, 0, 0
     if split_producer is not None:
-        conv_out, xla_extra, executed_extra = _split(
+        conv_out, xla_extra, executed_extra = xla_cpu.split_cost(
             size, (k, k), (oh, ow), cin, cout, split_producer
         )
-    xla = _xla_mac_flops(macs_per_out * conv_out, k * k, cin, conv_out) + xla_extra + bias
+    xla = xla_cpu.mac_flops(macs_per_out * conv_out, k * k, cin, conv_out) + xla_extra + bias
     executed = 2 * oh * ow * k * k * cin * conv_out + executed_extra + bias
     op = f"conv {k}x{k} {cin}->{cout} on {where} {size[0]}x{size[1]}"
     params = k * k * cin * cout + cout
-    return LayerCost(name, op, params, 2 * macs_per_out * cout + bias, xla, executed)
+    macs = oh * ow * k * k * cin * cout
+    useful = 2 * macs_per_out * cout + bias
+    return LayerCost(name, op, params, useful, xla, executed, conv_macs=macs)
 
 
-def _deconv(size, k: int, cin: int, cout: int, r: int, split_producer: int = 0) -> LayerCost:
+def _deconv(size, k: int, cin: int, cout: int, r: int, split_producer=None) -> LayerCost:
     """Stride-``r`` transposed conv ("SAME"), run by FastConvTranspose as LR conv + shuffle.
 
-    ``split_producer``: the elementwise cost per input element of the op that computes this
-    layer's input (the previous conv's bias add and activation), which XLA recomputes for the
-    second consumer when the channel-remainder path splits the layer (see ``XLA_DUPLICATED``).
+    ``split_producer``: None, or the elementwise cost per input element of the op that computes
+    this layer's input, when the LR conv runs as :func:`xla_cpu.lr_correlation`.
     """
     plans = subpixel.plan((k, k), r, "SAME")
     pads = [p.padding for p in plans]
@@ -234,15 +219,20 @@ def _deconv(size, k: int, cin: int, cout: int, r: int, split_producer: int = 0) 
     naive = 2 * oh * ow * k * k * cin * cout + bias
     t_h, t_w = plans[0].taps, plans[1].taps
     taps_lr, (lh, lw) = _real_taps(size, (t_h, t_w), [p.lr_padding for p in plans])
-    conv_out, xla_extra, executed_extra = _split(
-        size, (t_h, t_w), (lh, lw), cin, cout * r * r, split_producer
-    )
+    conv_out, xla_extra, executed_extra = cout * r * r, 0, 0
+    if split_producer is not None:
+        conv_out, xla_extra, executed_extra = xla_cpu.split_cost(
+            size, (t_h, t_w), (lh, lw), cin, cout * r * r, split_producer
+        )
     macs_lr = int(taps_lr.sum()) * cin * conv_out
-    xla = _xla_mac_flops(macs_lr, t_h * t_w, cin, conv_out) + xla_extra + bias
+    xla = xla_cpu.mac_flops(macs_lr, t_h * t_w, cin, conv_out) + xla_extra + bias
     executed = 2 * lh * lw * t_h * t_w * cin * conv_out + executed_extra + bias
     op = f"conv_transpose {k}x{k}/{r} {cin}->{cout} as LR conv {t_h}x{t_w} {cin}->{cout * r * r}"
     params = k * k * cin * cout + cout
-    return LayerCost("deconv", op, params, useful, xla, executed, flops_executed_naive=naive)
+    macs = size[0] * size[1] * k * k * cin * cout
+    return LayerCost(
+        "deconv", op, params, useful, xla, executed, flops_executed_naive=naive, conv_macs=macs
+    )
 
 
 def _tied(name: str, size, k: int, cin: int, cout: int, r: int) -> LayerCost:
@@ -253,7 +243,7 @@ def _tied(name: str, size, k: int, cin: int, cout: int, r: int) -> LayerCost:
     taps_lr, (lh, lw) = _real_taps(size, (t, t), ((-u_min, t - 1 + u_min),) * 2)
     c_in, c_out = cin * r * r, cout * r * r
     bias = lh * lw * c_out
-    xla = _xla_mac_flops(int(taps_lr.sum()) * c_in * c_out, t * t, c_in, c_out) + bias
+    xla = xla_cpu.mac_flops(int(taps_lr.sum()) * c_in * c_out, t * t, c_in, c_out) + bias
     executed = 2 * lh * lw * t * t * c_in * c_out + bias
     op = f"tied conv {t}x{t} {c_in}->{c_out} on LR {size[0]}x{size[1]} (HR {k}x{k} {cin}->{cout})"
     return dataclasses.replace(hr, op=op, flops_xla=xla, flops_executed=executed)
@@ -273,8 +263,11 @@ def model_cost(config: ModelConfig, lr_size) -> ModelCost:
         kind = "upscale_phases" if fam == "lr_tied" else "upscale"
         layers.append(_fixed("bicubic", f"bicubic.{kind} x{r}", bicubic.upscale_flops(h, w, c, r)))
     channels, kernels = config.layer_channels(), config.kernel_sizes
-    # XLA recomputes a cheap previous layer's bias add + activation for a split conv's two parts.
-    producer = 1 + ACTIVATION_COST[act][0] if config.depth > 1 and act in XLA_DUPLICATED else 0
+    # On CPU the upsampling layer may run as xla_cpu's channel split; XLA then recomputes a cheap
+    # previous layer's bias add + activation for the split's two parts.
+    split = None
+    if xla_cpu.uses_channel_split(config):
+        split = xla_cpu.duplicated_producer(act, ACTIVATION_COST[act][0]) if config.depth > 1 else 0
     for i, ((cin, cout), k) in enumerate(zip(channels, kernels, strict=True)):
         last = i == config.depth - 1
         if fam == "hr":
@@ -282,12 +275,13 @@ def model_cost(config: ModelConfig, lr_size) -> ModelCost:
         elif fam == "lr_tied":
             layers.append(_tied(f"conv{i}", (h, w), k, cin, cout, r))
         elif fam == "deconv" and last:
-            layers.append(_deconv((h, w), k, cin, cout, r, producer))
+            layers.append(_deconv((h, w), k, cin, cout, r, split))
         else:
             pads = config.upsample_padding if last else "SAME"
             pads = (tied.same_pads(k),) * 2 if pads == "SAME" else pads
-            split = producer if last else None  # lr's sub-pixel conv: subpixel.lr_correlation
-            layers.append(_conv(f"conv{i}", (h, w), k, cin, cout, pads, "LR", split))
+            layers.append(
+                _conv(f"conv{i}", (h, w), k, cin, cout, pads, "LR", split if last else None)
+            )
         if not last:
             grid = hr if fam == "hr" else (h, w)
             per_image = grid[0] * grid[1] * cout * (r * r if fam == "lr_tied" else 1)

@@ -1,10 +1,17 @@
-"""ICNR initialisation (Aitken et al. 2017) and a checkerboard measure (DESIGN.md §1.4).
+"""ICNR initialisation (Aitken et al. 2017) and a checkerboard measure (docs/icnr.md).
 
 A sub-pixel layer (conv to ``C*r*r`` channels, then ``PS_r``) whose ``r*r`` phase kernels are equal
 computes conv followed by nearest-neighbour upsampling: no checkerboard at initialisation. Which
 output channels form one phase depends on the shuffle order: "tf" puts the phase outermost
 (``(a*r+b)*C + c``), so the sub-kernel is tiled; "torch" puts it innermost (``c*r*r + a*r + b``),
 so each sub-kernel channel is repeated ``r*r`` times.
+
+A stride-``r`` transposed conv is the same layer with its LR kernel re-indexed
+(:mod:`espcn_jax.subpixel`); when ``K`` is not an odd multiple of ``r`` some LR taps are structural
+zeros for some phases, and equal phase kernels can only use the taps real for *every* phase
+(:func:`shared_taps`): :func:`icnr_transposed` draws the sub-kernel on those (e.g. ``K = 6`` at
+``r = 3``: one LR tap per axis, so the 6x6 kernel starts as a 1x1 conv plus nearest-neighbour
+upsampling). With no shared tap (``K < r``, or ``K = 1``) no ICNR kernel exists.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from espcn_jax import ops
+from espcn_jax import ops, subpixel
 
 Initializer = Callable[..., jax.Array]
 _default_base_init = nnx.initializers.lecun_normal()
@@ -40,6 +48,54 @@ def icnr(r: int, order: str = "tf", base_init: Initializer = _default_base_init)
         if order == "tf":
             return jnp.tile(sub, (1,) * (len(shape) - 1) + (r * r,))
         return jnp.repeat(sub, r * r, axis=-1)
+
+    return init
+
+
+def shared_taps(kernel_size: int, r: int, padding: subpixel.Padding = "SAME") -> range:
+    """LR taps (along one axis) of a stride-``r`` transposed conv of ``kernel_size`` taps that hold
+    a real weight for every one of the ``r`` phases; empty if there is none."""
+    (axis, _) = subpixel.plan((kernel_size, kernel_size), r, padding)
+    (real,) = np.nonzero(np.all(axis.lr_index() != axis.kernel_size, axis=1))
+    return range(int(real[0]), int(real[-1]) + 1) if real.size else range(0)
+
+
+def icnr_transposed(
+    kernel_size,
+    r: int,
+    padding: subpixel.Padding = "SAME",
+    order: str = "tf",
+    base_init: Initializer = _default_base_init,
+) -> Initializer:
+    """ICNR for the zero-insertion kernel ``(Kh, Kw, C_in, C_out)`` of a stride-``r`` transposed
+    conv (``nnx.ConvTranspose``, :class:`layers.FastConvTranspose`) with ``padding``.
+
+    ``base_init`` draws a sub-kernel over the :func:`shared_taps`; it is copied to every phase of
+    the LR kernel (zeros elsewhere), which maps back onto the transposed kernel exactly: at init the
+    layer computes that LR conv followed by nearest-neighbour upsampling. Raises ValueError if an
+    axis has no shared tap.
+    """
+    r, order = ops.check_positive_int(r), ops.check_order(order)
+    kh, kw = ops.check_ints(kernel_size, "kernel_size", 2, 1)
+    plan_h, plan_w = subpixel.plan((kh, kw), r, padding)
+    taps_h, taps_w = shared_taps(kh, r, padding), shared_taps(kw, r, padding)
+    if not taps_h or not taps_w:
+        raise ValueError(
+            f"no ICNR kernel exists for a {kh}x{kw} transposed conv at stride {r} with padding "
+            f"{padding!r}: no LR tap feeds all {r * r} output phases"
+        )
+    sub_init = icnr(r, order, base_init)
+
+    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+        if len(shape) != 4 or tuple(shape[:2]) != (kh, kw):
+            raise ValueError(
+                f"icnr_transposed expects a ({kh}, {kw}, C_in, C_out) kernel, got {shape}"
+            )
+        cin, cout = shape[2], shape[3] * r * r
+        sub = sub_init(key, (len(taps_h), len(taps_w), cin, cout), dtype)
+        kernel_lr = jnp.zeros((plan_h.taps, plan_w.taps, cin, cout), dtype)
+        kernel_lr = kernel_lr.at[taps_h.start : taps_h.stop, taps_w.start : taps_w.stop].set(sub)
+        return subpixel.lr_to_zero_insertion(kernel_lr, (kh, kw), r, padding, order)
 
     return init
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes
 
-from espcn_jax import ops, subpixel
+from espcn_jax import ops, subpixel, xla_cpu
 
 _default_kernel_init = nnx.initializers.lecun_normal()
 _default_bias_init = nnx.initializers.zeros_init()
@@ -34,6 +34,9 @@ class FastConvTranspose(nnx.Module):
     ``preferred_element_type``. ``kernel_dilation`` > 1, ``"CAUSAL"`` padding and other than two
     spatial dimensions raise ``ValueError`` here rather than compute something else.
     ``order`` picks the internal shuffle layout; it changes speed, never results.
+    ``conv_general_dilated`` runs the LR correlation, a hook as in ``nnx.Conv``; by default
+    :func:`espcn_jax.xla_cpu.conv_general_dilated` (on the CPU backend, a channel past a block of
+    8 as tap matmuls; elsewhere ``lax.conv_general_dilated``).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class FastConvTranspose(nnx.Module):
         kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
         order: str = "tf",
+        conv_general_dilated=xla_cpu.conv_general_dilated,
     ):
         kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
         if len(kernel_size) != 2:
@@ -92,6 +96,7 @@ class FastConvTranspose(nnx.Module):
         self.transpose_kernel = transpose_kernel
         self.promote_dtype = promote_dtype
         self.preferred_element_type = preferred_element_type
+        self.conv_general_dilated = conv_general_dilated
         if transpose_kernel:
             self.kernel_shape = kernel_size + (out_features, in_features)
         else:
@@ -124,8 +129,9 @@ class FastConvTranspose(nnx.Module):
         ph, pw = self.plan
         strides, padding = (ph.stride, pw.stride), (ph.padding, pw.padding)
         y = subpixel.fast_conv_transpose(
-            x, kernel, strides, padding, self.order, self.precision, self.preferred_element_type
-        )
+            x, kernel, strides, padding, self.order, self.precision, self.preferred_element_type,
+            self.conv_general_dilated,
+        )  # fmt: skip
         if self.circular:
             y = _wrap_periodic(
                 y, (x.shape[1] * ph.stride, x.shape[2] * pw.stride), self.transpose_kernel

@@ -1,4 +1,4 @@
-"""Super-resolution network families at matched compute (DESIGN.md §2), built by family name.
+"""Super-resolution network families at matched compute (docs/flops.md), built by family name.
 
 Every family maps an LR batch ``(N, h, w, C)`` to ``(N, h*r, w*r, C)``. ``depth`` counts the conv
 layers, the upsampling layer included; ``widths`` are the ``depth - 1`` hidden feature widths.
@@ -10,7 +10,7 @@ layers, the upsampling layer included; ``widths`` are the ``depth - 1`` hidden f
   default: the note's ``K = k*r`` with ``k = 3``, so each output phase gets exactly 3x3 LR taps
   (FSRCNN's 9x9 at ``r = 3``) and its useful cost equals the ``lr`` family's 3x3 sub-pixel layer.
   Padding is ``"SAME"`` in Flax's ``ConvTranspose`` sense: the output is exactly ``(h*r, w*r)``.
-- ``lr_tied``: the exact LR-space image of an ``hr`` net (DESIGN.md §1.3). Its parameters *are* the
+- ``lr_tied``: the exact LR-space image of an ``hr`` net (docs/tied.md). Its parameters *are* the
   HR kernels (same tree as ``hr``); each call ties them into LR kernels with
   :func:`tied.hr_conv_to_tied_lr` and runs LR input -> :func:`bicubic.upscale_phases` -> tied LR
   convs -> ``PS_r``. Build it from an ``hr`` net with :func:`hr_to_lr_tied`.
@@ -18,7 +18,8 @@ layers, the upsampling layer included; ``widths`` are the ``depth - 1`` hidden f
 Default kernel sizes: 5 for the first layer, 3 after it (ESPCN), ``3r`` for the deconv layer. All
 hidden convs are ``"SAME"``. Activations follow every layer but the last (ESPCN has none there).
 ``residual=True`` adds ``bicubic.upscale(x)`` to the output. ``icnr=True`` initialises the sub-pixel
-layer (``lr``'s last conv, ``deconv``'s transposed conv) with :func:`icnr.icnr`.
+layer with ICNR (:func:`icnr.icnr` for ``lr``'s last conv, :func:`icnr.icnr_transposed` for
+``deconv``'s transposed conv; a ``deconv`` kernel smaller than ``r`` has none and is refused).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from espcn_jax import bicubic, icnr, ops, subpixel, tied
+from espcn_jax import bicubic, icnr, ops, subpixel, tied, xla_cpu
 from espcn_jax.layers import FastConvTranspose
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -140,6 +141,13 @@ class ModelConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.icnr and self.family not in ("lr", "deconv"):
             raise ValueError(f"icnr applies to families 'lr' and 'deconv', not {self.family!r}")
+        if self.icnr and self.family == "deconv":
+            k = self.kernel_sizes[-1]
+            if not icnr.shared_taps(k, self.scale):
+                raise ValueError(
+                    f"icnr=True has no ICNR kernel for family 'deconv' at scale {self.scale} with "
+                    f"kernel size {k}: no LR tap feeds all {self.scale**2} output phases (it needs kernel size >= scale)"
+                )
         for name in ("dtype", "param_dtype"):
             value = getattr(self, name)
             if value is None and name == "dtype":
@@ -183,16 +191,12 @@ def _convs(
     config: ModelConfig, count: int, rngs: nnx.Rngs, last_padding="SAME", last_init=None
 ) -> nnx.List:
     """The first ``count`` conv layers of ``config`` as ``nnx.Conv``; the options apply to layer
-    ``depth - 1`` (the sub-pixel conv of ``lr``) when ``count`` reaches it, which also runs as
-    FastConvTranspose's LR conv does (``subpixel.conv_general_dilated``), so that ``lr`` and
-    ``deconv`` nets of the same widths execute the same LR convolution."""
+    ``depth - 1`` (the sub-pixel conv of ``lr``) when ``count`` reaches it."""
     layers = []
     channels = config.layer_channels()[:count]
     for i, ((cin, cout), k) in enumerate(zip(channels, config.kernel_sizes, strict=False)):
         last = i == config.depth - 1
         options = {"kernel_init": last_init} if last and last_init is not None else {}
-        if last:
-            options["conv_general_dilated"] = subpixel.conv_general_dilated
         layers.append(
             nnx.Conv(
                 cin,
@@ -258,7 +262,9 @@ class DeconvNet(nnx.Module):
         r, k = config.scale, config.kernel_sizes[-1]
         self.convs = _convs(config, config.depth - 1, rngs)
         cin, cout = config.layer_channels()[-1]
-        kwargs = {"kernel_init": _icnr_transposed(config)} if config.icnr else {}
+        kwargs = {}
+        if config.icnr:
+            kwargs["kernel_init"] = icnr.icnr_transposed((k, k), r, "SAME", config.order)
         self.deconv = FastConvTranspose(
             cin,
             cout,
@@ -323,22 +329,63 @@ def _expect(config: ModelConfig, family: str) -> None:
         )
 
 
-def _icnr_transposed(config: ModelConfig) -> Callable:
-    """ICNR for the transposed conv: an ICNR LR kernel mapped back to the zero-insertion kernel."""
-    r, k = config.scale, config.kernel_sizes[-1]
-    plan_h, plan_w = subpixel.plan((k, k), r, "SAME")
-    lr_init = icnr.icnr(r, order=config.order)
+def _bicubic_support(q: int, r: int) -> tuple[int, int]:
+    """First and last LR sample with a non-zero weight in HR sample ``q`` of ``bicubic.upscale``:
+    MATLAB geometry ``s = (q + 0.5)/r - 0.5``, Keys' cubic (zero at distances 1 and >= 2)."""
+    # In units of 1/(2r): distance 2r * |s - j| = |2q + 1 - r - 2rj|.
+    lo = -(-(2 * q + 1 - r - 4 * r) // (2 * r))  # smallest j with distance <= 2 (checked below)
+    js = [
+        j
+        for j in range(lo - 1, lo + 6)
+        if abs(2 * q + 1 - r - 2 * r * j) < 4 * r and abs(2 * q + 1 - r - 2 * r * j) != 2 * r
+    ]
+    return min(js), max(js)
 
-    def init(key, shape, dtype=jnp.float32):
-        kh, kw, cin, cout = shape
-        kernel_lr = lr_init(key, (plan_h.taps, plan_w.taps, cin, cout * r * r), dtype)
-        return subpixel.lr_to_zero_insertion(kernel_lr, (kh, kw), r, "SAME", config.order)
 
-    return init
+def receptive_field(config: ModelConfig) -> int:
+    """Side, in LR pixels, of the input window that one output pixel depends on: the widest over
+    output phases and both axes (interior pixels; the residual's bicubic window included).
+
+    ``lr``: ``1 + sum(k - 1)``. ``deconv``: the hidden convs' plus the LR taps of the transposed
+    conv that reach the phase (3 for ``K = 3r``). ``hr``/``lr_tied``: the HR window
+    ``1 + sum(k - 1)`` HR pixels, mapped through the bicubic upscale: about ``sum(k - 1)/r + 3``
+    LR pixels, a third of ``lr``'s at ``r = 3`` with equal kernels (scale ``hr``'s kernels by
+    ``r`` to match).
+    """
+    r, kernels = config.scale, config.kernel_sizes
+    hidden = [tied.same_pads(k) for k in kernels[: config.depth - 1]]
+    lo_h, hi_h = sum(lo for lo, _ in hidden), sum(hi for _, hi in hidden)
+    widest = 0
+    for axis in range(2):
+        for a in range(r):  # output sample q = a of LR pixel 0
+            if config.family in ("hr", "lr_tied"):
+                pads = [tied.same_pads(k) for k in kernels]
+                lo_hr, hi_hr = sum(lo for lo, _ in pads), sum(hi for _, hi in pads)
+                ends = [_bicubic_support(q, r) for q in range(a - lo_hr, a + hi_hr + 1)]
+                first, last = min(e[0] for e in ends), max(e[1] for e in ends)
+            elif config.family == "lr":
+                pads = config.upsample_padding
+                lo, hi = tied.same_pads(kernels[-1]) if pads == "SAME" else pads[axis]
+                first, last = -lo_h - lo, hi_h + hi
+            else:  # deconv: the LR taps t that hold a real weight for phase a
+                plan = subpixel.plan((kernels[-1],) * 2, r, "SAME")[axis]
+                taps = [t for t in range(plan.taps) if plan.lr_index()[t, a] != plan.kernel_size]
+                shift = -plan.lr_padding[0]
+                if not taps:  # K < r: this phase is the bias alone (and the residual)
+                    first, last = (0, -1) if not config.residual else _bicubic_support(a, r)
+                else:
+                    first, last = shift + min(taps) - lo_h, shift + max(taps) + hi_h
+            if config.residual:
+                res_first, res_last = _bicubic_support(a, r)
+                first, last = min(first, res_first), max(last, res_last)
+            widest = max(widest, last - first + 1)
+    return widest
 
 
 def model_from_config(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
-    return FAMILIES[config.family](config, rngs=rngs)
+    """The family's net for ``config``, its upsampling layer run as this backend runs it fastest
+    (:func:`xla_cpu.use_channel_split`: the same function, a CPU execution choice)."""
+    return xla_cpu.use_channel_split(FAMILIES[config.family](config, rngs=rngs))
 
 
 def build_model(family: str = "lr", *, rngs: nnx.Rngs, **fields) -> nnx.Module:

@@ -1,4 +1,4 @@
-"""Width solver: the network of a family and depth whose FLOPs come nearest a budget.
+"""Width solver: the network of a family and depth whose cost comes nearest a budget.
 
 A width parametrisation maps one integer ``width`` to the ``depth - 1`` hidden widths:
 
@@ -6,8 +6,11 @@ A width parametrisation maps one integer ``width`` to the ``depth - 1`` hidden w
 - ``"taper"``: the first hidden layer has ``2 * width``, the others ``width`` — ESPCN's 64:32 shape
   (ESPCN itself is ``taper`` with ``width = 32``).
 
-FLOPs are :func:`flops.model_cost`'s ``flops`` (useful) by default, per image of ``lr_size``; a budget
-per HR output pixel or per LR pixel is converted at that size (:func:`budget_per_image`). FLOPs grow
+The cost is one of :func:`flops.model_cost`'s columns (``metric``), per image of ``lr_size``: by
+default ``conv_macs``, the convolutions' multiply-adds as the field's tables count them (FSRCNN,
+CARN), so neither the activation nor the backend changes the widths; ``flops`` (useful FLOPs,
+activations and bias included), ``flops_xla`` and ``flops_executed`` are available. A budget per HR
+output pixel or per LR pixel is converted at that size (:func:`budget_per_image`). The cost grows
 strictly with ``width``, so the nearest width is found by bisection.
 """
 
@@ -21,7 +24,8 @@ from espcn_jax.models import ModelConfig
 
 WIDTH_SCHEMES = ("uniform", "taper")
 BUDGET_UNITS = ("image", "output_pixel", "lr_pixel")
-METRICS = ("flops", "flops_xla", "flops_executed")
+METRICS = ("conv_macs", "flops", "flops_xla", "flops_executed")
+DEFAULT_METRIC = "conv_macs"
 
 
 def scheme_widths(depth: int, width: int, scheme: str = "uniform") -> tuple[int, ...]:
@@ -34,12 +38,12 @@ def scheme_widths(depth: int, width: int, scheme: str = "uniform") -> tuple[int,
 
 
 def budget_per_image(budget: float, unit: str, lr_size, scale: int) -> float:
-    """A FLOP budget per ``unit`` as FLOPs per image of LR size ``lr_size`` at ``scale``."""
+    """A budget per ``unit`` (MACs or FLOPs) as the same per image of LR size ``lr_size``."""
     h, w = check_lr_size(lr_size)
     if unit not in BUDGET_UNITS:
         raise ValueError(f"budget unit must be one of {BUDGET_UNITS}, got {unit!r}")
     if not budget > 0:
-        raise ValueError(f"budget must be a positive number of FLOPs, got {budget!r}")
+        raise ValueError(f"budget must be a positive number, got {budget!r}")
     pixels = {"image": 1, "output_pixel": h * w * scale * scale, "lr_pixel": h * w}[unit]
     return float(budget) * pixels
 
@@ -50,8 +54,8 @@ class Solution:
 
     config: ModelConfig
     width: int | None  # the scheme's base width; None at depth 1 (nothing to choose)
-    flops: int  # achieved, in ``metric``
-    budget: float  # FLOPs per image
+    flops: int  # achieved, in ``metric`` (MACs for conv_macs, else FLOPs), per image
+    budget: float  # in ``metric``, per image
     metric: str
     lr_size: tuple[int, int]
 
@@ -78,20 +82,20 @@ def solve_width(
     lr_size=(360, 640),
     *,
     scheme: str = "uniform",
-    metric: str = "flops",
+    metric: str = DEFAULT_METRIC,
     max_width: int = 4096,
 ) -> Solution:
-    """The width of ``base``'s family and depth whose ``metric`` comes nearest ``budget`` (FLOPs
-    per image of ``lr_size``); ties go to the smaller net. Every other field of ``base`` is kept.
+    """The width of ``base``'s family and depth whose ``metric`` comes nearest ``budget`` (per
+    image of ``lr_size``); ties go to the smaller net. Every other field of ``base`` is kept.
 
     Raises ValueError if ``budget`` is below the cheapest net (all widths 1) of that depth, naming
-    its FLOPs, or above the net of ``max_width``.
+    its cost, or above the net of ``max_width``.
     """
     lr_size = check_lr_size(lr_size)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if not budget > 0:
-        raise ValueError(f"budget must be a positive number of FLOPs, got {budget!r}")
+        raise ValueError(f"budget must be a positive number of {metric}, got {budget!r}")
 
     def at(width: int) -> tuple[ModelConfig, int]:
         config = base.replace(widths=scheme_widths(base.depth, width, scheme))
@@ -104,14 +108,14 @@ def solve_width(
     cheapest_cfg, cheapest = at(1)
     if budget < cheapest:
         raise ValueError(
-            f"budget {budget:.4g} FLOPs {size} is infeasible: the cheapest {where()}, widths "
-            f"{cheapest_cfg.widths}, costs {cheapest:.4g} FLOPs (minimum {cheapest})"
+            f"budget {budget:.4g} {metric} {size} is infeasible: the cheapest {where()}, widths "
+            f"{cheapest_cfg.widths}, costs {cheapest:.4g} {metric} (minimum {cheapest})"
         )
     if base.depth == 1:
         return Solution(cheapest_cfg, None, cheapest, float(budget), metric, lr_size)
     if at(max_width)[1] < budget:
         raise ValueError(
-            f"budget {budget:.4g} FLOPs {size} exceeds the {where()} of max_width={max_width}"
+            f"budget {budget:.4g} {metric} {size} exceeds the {where()} of max_width={max_width}"
         )
     lo, hi = 1, max_width  # invariant: cost(lo) <= budget <= cost(hi)
     while hi - lo > 1:
@@ -130,11 +134,12 @@ def match_budget(
     lr_size=(360, 640),
     *,
     scheme: str = "uniform",
-    metric: str = "flops",
+    metric: str = DEFAULT_METRIC,
     max_width: int = 4096,
     **fields,
 ) -> dict[str, Solution]:
-    """A matched set: for each family the net of ``depth`` nearest ``budget`` (FLOPs per image).
+    """A matched set: for each family the net of ``depth`` nearest ``budget`` (``metric`` per
+    image).
 
     ``fields`` (scale, channels, activation, residual, kernel_sizes, ...) are shared by all.
     """

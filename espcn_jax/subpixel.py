@@ -1,4 +1,4 @@
-"""One upsampling layer, three faces (DESIGN.md §1.2), and exact converters between them.
+"""One upsampling layer, three faces (docs/equivalence.md), and exact converters between them.
 
 For stride ``s`` and a spatial kernel of size ``K`` (per axis):
 
@@ -24,8 +24,6 @@ Kernels are HWIO; activations NHWC.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import operator
 from collections.abc import Sequence
 
 import jax
@@ -285,112 +283,6 @@ def zero_insertion_conv(
     )  # fmt: skip
 
 
-# XLA:CPU (YNNPACK, jax 0.10) computes conv output channels in blocks of 8: a 9-channel conv (the
-# ESPCN Y x3 sub-pixel layer) costs about as much as a 16-channel one (32 -> 9 channels, 3x3,
-# 360x640 input, 2-core CPU: 15.3 ms, vs 7.8 ms for 8 and 13.3 ms for 16). One channel past a
-# block is cheaper as per-tap matmuls plus shifted sums (~3 ms) when the conv reads more than 16
-# input channels; with 16 or fewer the plain conv is faster (1 -> 9: 6.0 vs 8.2 ms, 16 -> 9:
-# 11.0 vs 13.9; 17 -> 9: 29.5 vs 20.0, 32 -> 9: 15.2 vs 13.0; BUILD_NOTES.md).
-_CPU_CHANNEL_BLOCK = 8
-_SPLIT_MIN_IN_CHANNELS = 17
-
-
-def splits_last_channel(channels: int, in_channels: int) -> bool:
-    """Whether :func:`lr_correlation` computes the last of ``channels`` outputs (of a conv reading
-    ``in_channels``) as tap matmuls."""
-    return (
-        jax.default_backend() == "cpu"
-        and channels % _CPU_CHANNEL_BLOCK == 1
-        and channels > 1
-        and in_channels >= _SPLIT_MIN_IN_CHANNELS
-    )
-
-
-def lr_correlation(
-    x_NHWC: jax.Array,
-    kernel_HWIO: jax.Array,
-    padding: tuple[tuple[int, int], tuple[int, int]],
-    precision=None,
-    preferred_element_type=None,
-) -> jax.Array:
-    """Stride-1 correlation, as ``lax.conv_general_dilated`` (explicit, possibly negative pads).
-
-    On CPU, when the output channels are one more than a multiple of the convolution's channel
-    block and there are more than 16 input channels (:func:`splits_last_channel`), the last
-    channel is computed as per-tap matmuls and shifted sums instead (same result up to float32
-    summation order).
-    """
-
-    def conv(kernel):
-        return lax.conv_general_dilated(
-            x_NHWC, kernel, (1, 1), padding, dimension_numbers=_DN, precision=precision,
-            preferred_element_type=preferred_element_type,
-        )  # fmt: skip
-
-    if not splits_last_channel(kernel_HWIO.shape[-1], kernel_HWIO.shape[-2]):
-        return conv(kernel_HWIO)
-    th, tw = kernel_HWIO.shape[:2]
-    taps = jnp.einsum(  # (N, H, W, th, tw): every tap of the last channel at every input pixel
-        "nhwc,ijc->nhwij", x_NHWC, kernel_HWIO[..., -1], precision=precision,
-        preferred_element_type=preferred_element_type,
-    )  # fmt: skip
-    taps = lax.pad(
-        taps,
-        jnp.zeros((), taps.dtype),
-        ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0), (0, 0, 0)),
-    )
-    out_h, out_w = taps.shape[1] - th + 1, taps.shape[2] - tw + 1
-    shifted = [taps[:, i : i + out_h, j : j + out_w, i, j] for i in range(th) for j in range(tw)]
-    last = functools.reduce(operator.add, shifted)
-    return jnp.concatenate([conv(kernel_HWIO[..., :-1]), last[..., None]], axis=-1)
-
-
-def conv_general_dilated(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding,
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision=None,
-    preferred_element_type=None,
-    out_sharding=None,
-) -> jax.Array:
-    """``lax.conv_general_dilated`` that runs a plain 2-D NHWC correlation as :func:`lr_correlation`.
-
-    For ``nnx.Conv(..., conv_general_dilated=subpixel.conv_general_dilated)``: the ESPCN sub-pixel
-    conv then runs exactly as FastConvTranspose's LR conv (on CPU, a channel past a block of 8 as
-    tap matmuls). Anything else (strides, dilations, groups, other layouts, a sharding) goes to
-    ``lax.conv_general_dilated`` unchanged.
-    """
-    plain = (
-        lhs.ndim == 4
-        and rhs.ndim == 4
-        and tuple(window_strides) == (1, 1)
-        and tuple(lhs_dilation or (1, 1)) == (1, 1)
-        and tuple(rhs_dilation or (1, 1)) == (1, 1)
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and out_sharding is None
-        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN)
-    )
-    if plain and splits_last_channel(rhs.shape[-1], rhs.shape[-2]):
-        if isinstance(padding, str):
-            padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
-        return lr_correlation(
-            lhs, rhs, tuple(map(tuple, padding)), precision, preferred_element_type
-        )
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type, out_sharding=out_sharding,
-    )  # fmt: skip
-
-
 def lr_conv_shuffle(
     x_NHWC: jax.Array,
     kernel_lr_HWIO: jax.Array,
@@ -400,11 +292,14 @@ def lr_conv_shuffle(
     order: str = "tf",
     precision=None,
     preferred_element_type=None,
+    conv_general_dilated=lax.conv_general_dilated,
 ) -> jax.Array:
     """Face 3: LR correlation with ``kernel_lr_HWIO`` (from :func:`zero_insertion_to_lr`), the
     periodic shuffle, and a crop to the transposed conv's output size.
 
     ``kernel_size`` is that of the zero-insertion kernel the LR kernel stands for.
+    ``conv_general_dilated`` runs the correlation (a hook as in ``nnx.Conv``; e.g.
+    :func:`espcn_jax.xla_cpu.conv_general_dilated`).
     """
     ph, pw = _checked_plan(x_NHWC, kernel_lr_HWIO, "kernel_lr_HWIO", kernel_size, strides, padding)
     order = ops.check_order(order)
@@ -413,9 +308,10 @@ def lr_conv_shuffle(
             f"kernel_lr_HWIO has {kernel_lr_HWIO.shape[:2]} taps, the plan for kernel_size "
             f"{tuple(kernel_size)} needs {(ph.taps, pw.taps)}"
         )
-    z = lr_correlation(
-        x_NHWC, kernel_lr_HWIO, (ph.lr_padding, pw.lr_padding), precision, preferred_element_type
-    )
+    z = conv_general_dilated(
+        x_NHWC, kernel_lr_HWIO, (1, 1), (ph.lr_padding, pw.lr_padding), dimension_numbers=_DN,
+        precision=precision, preferred_element_type=preferred_element_type,
+    )  # fmt: skip
     y = ops.shuffle_2d(z, ph.stride, pw.stride, order)
     if ph.crop or pw.crop:
         y = y[:, : y.shape[1] - ph.crop, : y.shape[2] - pw.crop]
@@ -430,10 +326,11 @@ def fast_conv_transpose(
     order: str = "tf",
     precision=None,
     preferred_element_type=None,
+    conv_general_dilated=lax.conv_general_dilated,
 ) -> jax.Array:
     """``lax.conv_transpose(x, kernel_z, strides, padding)`` computed in LR space (face 3)."""
     kernel_lr = zero_insertion_to_lr(kernel_z_HWIO, strides, padding, order)
     return lr_conv_shuffle(
         x_NHWC, kernel_lr, kernel_z_HWIO.shape[:2], strides, padding, order, precision,
-        preferred_element_type,
+        preferred_element_type, conv_general_dilated,
     )  # fmt: skip

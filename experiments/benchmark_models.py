@@ -1,13 +1,14 @@
-"""Equal FLOPs is not equal time: matched ``lr``, ``hr`` and ``deconv`` nets side by side.
+"""Equal compute is not equal time: matched ``lr``, ``hr`` and ``deconv`` nets side by side.
 
-For each FLOP budget the solver picks each family's width (same depth, scheme, activation), then
-every net is costed (analytic useful / executed FLOPs, XLA's count, params) and timed at 1080p
-output (LR 360x640 at x3 by default) with ``flops.measure_latency``. Achieved GFLOP/s (useful FLOPs
-/ median latency) is reported against a large float32 matmul's GFLOP/s measured in the same run, so
-the fractions are comparable across families on this backend. Prints one JSON object.
+For each budget (``--metric``, conv multiply-adds by default) the solver picks each family's width
+(same depth, scheme, activation), then every net is costed (conv MACs, analytic useful / executed
+FLOPs, XLA's count, params, receptive field) and timed at 1080p output (LR 360x640 at x3 by
+default) with ``flops.measure_latency``. Achieved GFLOP/s (useful FLOPs / median latency) is
+reported against a large float32 matmul's GFLOP/s measured in the same run, so the fractions are
+comparable across families on this backend. ``--json`` prints one JSON object, else a table.
 
-    python experiments/benchmark_models.py
-    python experiments/benchmark_models.py --budgets=4.5e4 --lr_size=90x160 --repeats=3
+    python experiments/benchmark_models.py --json
+    python experiments/benchmark_models.py --budgets=22624 --lr_size=90x160 --repeats=3 --json
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from flax import nnx
 
 from espcn_jax import flops, solver
 from espcn_jax.cli import define_tune_malloc_flag, print_json, run
-from espcn_jax.models import model_from_config
+from espcn_jax.models import model_from_config, receptive_field
 from espcn_jax.timing import time_fn, tune_malloc
 
 flags.DEFINE_list(
-    "budgets", ["1e4", "4.5e4", "1e5"], "FLOP budgets per --budget_unit (ESPCN: ~4.5e4/LR px)."
+    "budgets", ["5e3", "22624", "5e4"], "Budgets in --metric per --budget_unit (ESPCN: 22624)."
 )
+flags.DEFINE_enum("metric", solver.DEFAULT_METRIC, list(solver.METRICS), "What a budget counts.")
 flags.DEFINE_enum("budget_unit", "lr_pixel", list(solver.BUDGET_UNITS), "What a budget is per.")
 flags.DEFINE_list("families", ["lr", "hr", "deconv"], "Families to match.")
 flags.DEFINE_integer("depth", 3, "Conv layers of every net.")
@@ -37,6 +39,7 @@ flags.DEFINE_string("activation", "tanh", "Hidden activation.")
 flags.DEFINE_string("lr_size", "360x640", "LR size HxW of the timed image (1080p output at x3).")
 flags.DEFINE_integer("repeats", 5, "Timed calls per net (median reported).")
 flags.DEFINE_integer("matmul_size", 2048, "n of the n x n x n float32 matmul reference.")
+flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 TUNE_MALLOC = define_tune_malloc_flag()
 FLAGS = flags.FLAGS
 
@@ -79,11 +82,13 @@ def bench_net(config, lr_size: tuple[int, int], repeats: int, peak: float) -> di
     gflops = cost.flops / t["median_ms"] / 1e6
     return {
         "widths": list(config.widths),
+        "conv_macs": cost.conv_macs,
         "flops_analytic": cost.flops,
         "flops_xla": flops.xla_cost(model, shape)["flops"],
         "flops_xla_model": cost.flops_xla,
         "flops_executed": cost.flops_executed,
         "params": cost.params,
+        "receptive_field": receptive_field(config),
         "latency_ms": t["median_ms"],
         "latency_p25_ms": t["p25_ms"],
         "latency_p75_ms": t["p75_ms"],
@@ -104,8 +109,9 @@ def main(argv: list[str]) -> None:
     for budget in budgets:  # solve everything first: a bad flag fails before any timing
         per_image = solver.budget_per_image(budget, FLAGS.budget_unit, lr_size, FLAGS.scale)
         sols = solver.match_budget(
-            per_image, FLAGS.families, FLAGS.depth, lr_size, scheme=FLAGS.scheme, **fields
-        )
+            per_image, FLAGS.families, FLAGS.depth, lr_size, scheme=FLAGS.scheme,
+            metric=FLAGS.metric, **fields,
+        )  # fmt: skip
         matched.append((budget, per_image, sols))
     matmul = matmul_gflops(FLAGS.matmul_size, FLAGS.repeats)
     rows = []
@@ -119,8 +125,7 @@ def main(argv: list[str]) -> None:
             if base is not None:
                 net["latency_vs_lr"] = net["latency_ms"] / base["latency_ms"]
         rows.append({"budget": budget, "budget_per_image": per_image, "nets": nets})
-    print_json(
-        {
+    report = {
             "device": {
                 "platform": jax.default_backend(),
                 "kind": jax.devices()[0].device_kind,
@@ -129,6 +134,7 @@ def main(argv: list[str]) -> None:
             "config": {
                 "lr_size": list(lr_size),
                 "budget_unit": FLAGS.budget_unit,
+                "metric": FLAGS.metric,
                 "depth": FLAGS.depth,
                 "scheme": FLAGS.scheme,
                 "repeats": FLAGS.repeats,
@@ -137,8 +143,26 @@ def main(argv: list[str]) -> None:
             },
             "matmul": matmul,
             "results": rows,
-        }
-    )
+        }  # fmt: skip
+    if FLAGS.json:
+        print_json(report)
+    else:
+        print_table(report)
+
+
+def print_table(report: dict) -> None:
+    cfg = report["config"]
+    print(f"{report['device']['kind']}, LR {cfg['lr_size']}, x{cfg['scale']}, budgets in "
+          f"{cfg['metric']} per {cfg['budget_unit']}; matmul "
+          f"{report['matmul']['gflops_per_s']:.1f} GFLOP/s")  # fmt: skip
+    print(f"{'budget':>10} {'family':<7} {'widths':<12} {'conv MACs':>14} {'params':>9} "
+          f"{'RF':>3} {'ms':>9} {'vs lr':>6}")  # fmt: skip
+    for row in report["results"]:
+        for family, net in row["nets"].items():
+            widths = ",".join(map(str, net["widths"]))
+            print(f"{row['budget']:>10.4g} {family:<7} {widths:<12} {net['conv_macs']:>14,} "
+                  f"{net['params']:>9,} {net['receptive_field']:>3} {net['latency_ms']:>9.2f} "
+                  f"{net.get('latency_vs_lr', float('nan')):>6.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from absl import flags
 from flax import nnx
 from jax import lax
 
-from espcn_jax import cli, subpixel
+from espcn_jax import cli, subpixel, xla_cpu
 from espcn_jax.flops import parse_size
 from espcn_jax.layers import FastConvTranspose
 from espcn_jax.ops import pixel_shuffle
@@ -70,7 +70,7 @@ NOTES = {
     "resize_conv": "nearest jax.image.resize to HR, then a stride-1 SAME HR conv with the same "
     "(k*r)^2 kernel: a different function (not compared with ConvTranspose); its max_abs_err is "
     "against np.repeat upsampling + the same conv",
-    "lr_conv": "the LR conv inside the fast path alone (subpixel.lr_correlation, kernel from "
+    "lr_conv": "the LR conv inside the fast path alone (xla_cpu.lr_correlation, kernel from "
     "subpixel.zero_insertion_to_lr)",
     "pixel_shuffle": "espcn_jax.ops.pixel_shuffle alone on the LR conv's output",
     "shuffle_share": "pixel_shuffle_ms / lr_conv_ms (target <= 0.10)",
@@ -189,7 +189,7 @@ def build(cfg: Config, r: int):
 
     @jax.jit
     def lr_conv(x, kernel_lr):
-        return subpixel.lr_correlation(x, kernel_lr, (hr_plan.lr_padding,) * 2)
+        return xla_cpu.lr_correlation(x, kernel_lr, (hr_plan.lr_padding,) * 2)
 
     shuffle = jax.jit(lambda z: pixel_shuffle(z, r, "tf"))
     z = lr_conv(x, kernel_lr)

@@ -1,14 +1,17 @@
-"""Cost of one network: analytic FLOPs (useful / XLA's model / executed), XLA's own count, params,
-latency; or, with ``--budget``, the width whose FLOPs come nearest a budget, then its cost.
+"""Cost of one network: conv multiply-adds, analytic FLOPs (useful / XLA's model / executed), XLA's
+own count, params, receptive field, latency; or, with ``--budget``, the width whose cost comes
+nearest a budget, then its cost.
 
     python experiments/flops.py --family=lr --depth=3 --width=64 --scale=3 --channels=1 \\
         --lr_size=360x640 --json
-    python experiments/flops.py --family=hr --depth=3 --budget=2.5e9 --json     # per image
-    python experiments/flops.py --family=deconv --budget=45e3 --budget_unit=lr_pixel --json
+    python experiments/flops.py --family=hr --depth=3 --budget=5.2e9 --json     # MACs per image
+    python experiments/flops.py --family=deconv --budget=22624 --budget_unit=lr_pixel --json
 
 ``--width`` is one width for every hidden layer or a comma list (``--width=64,32``);
-``--budget`` is FLOPs per ``--budget_unit`` (``image`` of ``--lr_size``, ``output_pixel``,
-``lr_pixel``), matched on the useful count with widths from ``--scheme`` (``uniform``, ``taper``).
+``--budget`` is in ``--metric`` (``conv_macs`` by default: the convs' multiply-adds, as the
+field's tables count them; or ``flops``, ``flops_xla``, ``flops_executed``) per ``--budget_unit``
+(``image`` of ``--lr_size``, ``output_pixel``, ``lr_pixel``), with widths from ``--scheme``
+(``uniform``, ``taper``). ESPCN x3 is 22624 conv MACs per LR pixel.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from flax import nnx
 
 from espcn_jax import flops, solver
 from espcn_jax.cli import define_tune_malloc_flag, print_json, run
-from espcn_jax.models import ModelConfig, model_from_config
+from espcn_jax.models import ModelConfig, model_from_config, receptive_field
 from espcn_jax.timing import tune_malloc
 
 flags.DEFINE_string("family", "lr", "Network family: lr, hr, deconv, lr_tied.")
 flags.DEFINE_integer("depth", 3, "Conv layers, the upsampling layer included.")
 flags.DEFINE_list("width", None, "Hidden width(s): one int, or depth-1 ints. Or give --budget.")
-flags.DEFINE_string("budget", None, "FLOP budget (e.g. 2.5e9) per --budget_unit; runs the solver.")
+flags.DEFINE_string("budget", None, "Budget in --metric per --budget_unit; runs the solver.")
+flags.DEFINE_enum("metric", solver.DEFAULT_METRIC, list(solver.METRICS), "What --budget counts.")
 flags.DEFINE_enum("budget_unit", "image", list(solver.BUDGET_UNITS), "What --budget is per.")
 flags.DEFINE_enum("scheme", "uniform", list(solver.WIDTH_SCHEMES), "Solver width scheme.")
 flags.DEFINE_integer("scale", 3, "Upscaling factor r.")
@@ -59,7 +63,7 @@ def _budget(text: str) -> float:
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"budget must be a positive number of FLOPs, e.g. 2.5e9, got {text!r}")
+        raise ValueError(f"budget must be a positive number, e.g. 5.2e9, got {text!r}")
     return value
 
 
@@ -83,7 +87,7 @@ def config_from_flags(lr_size: tuple[int, int]) -> tuple[ModelConfig, dict | Non
         return ModelConfig(widths=widths[0] if len(widths) == 1 else widths, **fields), None
     base = ModelConfig(widths=1, **fields)
     budget = solver.budget_per_image(_budget(FLAGS.budget), FLAGS.budget_unit, lr_size, base.scale)
-    solution = solver.solve_width(budget, base, lr_size, scheme=FLAGS.scheme)
+    solution = solver.solve_width(budget, base, lr_size, scheme=FLAGS.scheme, metric=FLAGS.metric)
     report = solution.as_dict() | {"budget_given": float(FLAGS.budget), "unit": FLAGS.budget_unit}
     return solution.config, report
 
@@ -99,6 +103,7 @@ def cost_report(config: ModelConfig, lr_size: tuple[int, int], latency: bool, re
         "config": dataclasses.asdict(config),
         "lr_size": list(lr_size),
         "hr_size": [lr_size[0] * config.scale, lr_size[1] * config.scale],
+        "conv_macs": cost.conv_macs,
         "flops_analytic": cost.flops,
         "flops_xla": xla["flops"],
         "flops_xla_model": cost.flops_xla,
@@ -108,6 +113,7 @@ def cost_report(config: ModelConfig, lr_size: tuple[int, int], latency: bool, re
         "transcendentals": cost.transcendentals,
         "params": cost.params,
         "params_module": flops.count_params(model),
+        "receptive_field": receptive_field(config),
         "device": jax.devices()[0].device_kind,
         "platform": jax.default_backend(),
         "layers": cost.as_dict()["layers"],
@@ -126,7 +132,8 @@ def print_table(report: dict) -> None:
     print(f"{report['family']} {report['config']['widths']} on LR {report['lr_size']}:")
     for layer in report["layers"]:
         print(f"  {layer['name']:<9} {layer['flops']:>16,} {layer['params']:>10,}  {layer['op']}")
-    for key in ("flops_analytic", "flops_xla", "flops_executed", "params", "latency_ms"):
+    keys = ("conv_macs", "flops_analytic", "flops_xla", "flops_executed", "params")
+    for key in (*keys, "receptive_field", "latency_ms"):
         print(f"  {key:<16} {report[key]}")
 
 

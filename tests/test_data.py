@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -260,8 +261,10 @@ def test_image_smaller_than_the_crop_is_named(tmp_path):
     _write(tmp_path / "small.png", np.zeros((50, 70, 3), np.uint8))
     source = data.make_source("folder", path=tmp_path)
     pipeline.PatchSampler(source, scale=3, patch=16, batch_size=2, seed=0)  # 48 <= 50: fits
-    with pytest.raises(ValueError, match=rf"image {tmp_path / 'small.png'} \(70x50\) is smaller"):
-        pipeline.PatchSampler(source, scale=3, patch=17, batch_size=2, seed=0)
+    # 51 > 50: small.png is skipped (tests/test_pipeline.py); 63 > 60: no image fits.
+    largest = re.escape(f"the largest, {tmp_path / 'big.png'}, is 60x60")
+    with pytest.raises(ValueError, match=rf"HR patch 63x63 \(LR patch 21, scale 3\): {largest}"):
+        pipeline.PatchSampler(source, scale=3, patch=21, batch_size=2, seed=0)
 
 
 def test_pairs_layout_and_its_errors(tmp_path, caplog):

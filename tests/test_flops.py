@@ -21,8 +21,14 @@ from _drivers import run_driver
 from flax import nnx
 from hypothesis import example, given, settings
 
-from espcn_jax import bicubic, flops, solver, subpixel
-from espcn_jax.models import ACTIVATIONS, FAMILY_NAMES, ModelConfig, model_from_config
+from espcn_jax import bicubic, flops, solver, xla_cpu
+from espcn_jax.models import (
+    ACTIVATIONS,
+    FAMILY_NAMES,
+    ModelConfig,
+    model_from_config,
+    receptive_field,
+)
 
 XLA_RTOL = 1e-6  # XLA accumulates its count in float32: 1 ulp at 2e10 FLOPs is 2048
 
@@ -94,8 +100,20 @@ def _has_scalar_conv(config: ModelConfig) -> bool:
     return any(k == 1 and channels == (1, 1) for channels, k in layers)
 
 
+def conv_macs_by_hand(config: ModelConfig, lr_size) -> int:
+    """The field's count: output pixels x k*k*C_in*C_out per conv (a transposed conv: input pixels
+    x K*K*C_in*C_out), in the native form of each layer; lr_tied counts its hr net's convs."""
+    (h, w), r = lr_size, config.scale
+    total = 0
+    for (cin, cout), k in zip(config.layer_channels(), config.kernel_sizes, strict=True):
+        pixels = h * w * (r * r if config.family in ("hr", "lr_tied") else 1)
+        total += pixels * k * k * cin * cout
+    return total
+
+
 def _check_against_xla(config: ModelConfig, lr_size: tuple[int, int]) -> None:
     cost = flops.model_cost(config, lr_size)
+    assert cost.conv_macs == conv_macs_by_hand(config, lr_size)
     lr_shape = (1, *lr_size, config.channels)
     xla = flops.xla_cost(abstract(config), lr_shape)
     assert xla["transcendentals"] == cost.transcendentals
@@ -138,9 +156,10 @@ def test_espcn_by_hand():
     cost = flops.model_cost(ModelConfig.espcn(scale=3), (360, 640))
     shapes = [(5, 1, 64), (3, 64, 32), (3, 32, 9)]  # (k, C_in, C_out)
     assert cost.params == sum(k * k * ci * co + co for k, ci, co in shapes) == 22729
+    assert cost.conv_macs == 360 * 640 * (25 * 64 + 9 * 64 * 32 + 9 * 32 * 9)  # 22624 per LR px
     dense = sum(360 * 640 * (2 * k * k * ci * co + co) for k, ci, co in shapes)
     # On CPU the 9th channel runs as tap matmuls (as dense) plus 8 shifted adds per LR pixel.
-    split = 8 * 360 * 640 if subpixel.splits_last_channel(9, 32) else 0
+    split = 8 * 360 * 640 if xla_cpu.splits_last_channel(9, 32) else 0
     assert cost.flops_executed == dense + split  # every tap, padding too; bias adds; tanh: 0
     assert [layer.name for layer in cost.layers] == ["conv0", "act0", "conv1", "act1", "conv2",
                                                       "shuffle"]  # fmt: skip
@@ -156,7 +175,7 @@ def test_deconv_useful_vs_executed():
     """K = 3r: FastConvTranspose runs exactly the useful taps (interior), nnx.ConvTranspose ~r^2
     more; K = 9 at r = 2 needs 5x5 LR taps for 81 weights: 100/81 of the useful work. At r = 3 on
     CPU the 9th LR channel runs as tap matmuls: 8 shifted adds per pixel on top of 2*9*20*9 FLOPs."""
-    r3_ratio = 1 + 8 / (2 * 9 * 20 * 9) if subpixel.splits_last_channel(9, 20) else 1.0
+    r3_ratio = 1 + 8 / (2 * 9 * 20 * 9) if xla_cpu.splits_last_channel(9, 20) else 1.0
     for r, k, ratio in [(3, 9, r3_ratio), (2, 9, 100 / 81), (4, 12, 1.0)]:
         config = ModelConfig(family="deconv", scale=r, kernel_sizes=(5, 3, k), widths=(8, 20))
         layer = flops.model_cost(config, (200, 300)).layers[-1]
@@ -188,24 +207,44 @@ def test_bad_lr_size():
 
 
 @pytest.mark.parametrize("family", ["lr", "hr", "deconv"])
-@pytest.mark.parametrize("budget", [3e6, 2.2e7])
-def test_solver_picks_the_nearest_width(family, budget):
+@pytest.mark.parametrize("budget, metric", [(3e6, "flops"), (2.2e7, "flops"), (1e7, "conv_macs")])
+def test_solver_picks_the_nearest_width(family, budget, metric):
     base, size = ModelConfig(family=family, scale=2, depth=3, widths=1), (24, 32)
-    sol = solver.solve_width(budget, base, size, scheme="taper")
+    sol = solver.solve_width(budget, base, size, scheme="taper", metric=metric)
     costs = {
-        w: flops.model_cost(base.replace(widths=(2 * w, w)), size).flops for w in range(1, 200)
+        w: getattr(flops.model_cost(base.replace(widths=(2 * w, w)), size), metric)
+        for w in range(1, 200)
     }
     best = min(costs, key=lambda w: (abs(costs[w] - budget), w))
     assert (sol.width, sol.flops, sol.config.widths) == (best, costs[best], (2 * best, best))
     assert sol.relative_error == pytest.approx(costs[best] / budget - 1)
 
 
-def test_espcn_budget_gives_espcn():
-    espcn = flops.model_cost(ModelConfig.espcn(scale=3), (360, 640)).flops
-    matched = solver.match_budget(espcn, ("lr", "hr", "deconv"), 3, (360, 640), scheme="taper")
+@pytest.mark.parametrize("metric", ["conv_macs", "flops"])
+def test_espcn_budget_gives_espcn(metric):
+    espcn = getattr(flops.model_cost(ModelConfig.espcn(scale=3), (360, 640)), metric)
+    matched = solver.match_budget(
+        espcn, ("lr", "hr", "deconv"), 3, (360, 640), scheme="taper", metric=metric
+    )
     assert matched["lr"].config.widths == (64, 32) and matched["lr"].flops == espcn
-    assert matched["deconv"].config.widths == (64, 32)  # 9x9/3 deconv: same useful FLOPs as 3x3
+    assert matched["deconv"].config.widths == (64, 32)  # 9x9/3 deconv: same MACs as 3x3 x 9
     assert abs(matched["hr"].relative_error) < 0.1 and matched["hr"].config.family == "hr"
+
+
+def test_default_budget_ignores_the_activation():
+    """conv_macs (the default) matches the same widths whatever the activation; the useful FLOP
+    count charges silu 5 FLOPs per element more than tanh, so it picks narrower nets."""
+    assert solver.DEFAULT_METRIC == "conv_macs"
+    budget, size = 1e8, (24, 32)
+    widths = {
+        (act, metric): solver.match_budget(
+            budget, ("lr", "hr"), 3, size, activation=act, metric=metric
+        )["hr"].config.widths
+        for act in ("tanh", "silu")
+        for metric in ("conv_macs", "flops")
+    }
+    assert widths["tanh", "conv_macs"] == widths["silu", "conv_macs"]
+    assert widths["silu", "flops"] < widths["tanh", "flops"]
 
 
 def test_budget_units():
@@ -219,9 +258,9 @@ def test_infeasible_budget_names_the_minimum():
     base = ModelConfig(family="hr", scale=3, depth=4, widths=1)
     minimum = flops.model_cost(base, (30, 40)).flops
     with pytest.raises(ValueError, match=f"minimum {minimum}\\)") as info:
-        solver.solve_width(minimum - 1, base, (30, 40))
+        solver.solve_width(minimum - 1, base, (30, 40), metric="flops")
     assert "infeasible" in str(info.value) and "\n" not in str(info.value)
-    assert solver.solve_width(minimum, base, (30, 40)).config.widths == (1, 1, 1)
+    assert solver.solve_width(minimum, base, (30, 40), metric="flops").config.widths == (1, 1, 1)
     with pytest.raises(ValueError, match="max_width=8"):
         solver.solve_width(1e12, base, (30, 40), max_width=8)
 
@@ -229,7 +268,7 @@ def test_infeasible_budget_names_the_minimum():
 def test_depth_one_has_nothing_to_choose():
     base = ModelConfig(family="lr", scale=2, depth=1)
     sol = solver.solve_width(1e9, base, (10, 10))
-    assert sol.width is None and sol.flops == flops.model_cost(base, (10, 10)).flops
+    assert sol.width is None and sol.flops == flops.model_cost(base, (10, 10)).conv_macs
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,6 +298,15 @@ def test_flops_cli_width_and_budget():
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["widths"] == out["solver"]["widths"] and out["latency_ms"] is None
+    assert out["solver"]["metric"] == "conv_macs" and out["conv_macs"] == out["solver"]["flops"]
+    assert abs(out["conv_macs"] / (12 * 16 * 9) / 2e4 - 1) < 0.2
+    config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in out["config"].items()})  # fmt: skip
+    assert out["receptive_field"] == receptive_field(config)
+    proc = run_script("flops.py", "--family=hr", "--budget=2e4", "--budget_unit=output_pixel",
+                      "--metric=flops", "--lr_size=12x16", "--nolatency", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
     assert out["flops_analytic"] == out["solver"]["flops"]
     assert abs(out["flops_per_output_pixel"] / 2e4 - 1) < 0.2
 
@@ -281,7 +329,7 @@ def test_flops_cli_errors(args, message):
 
 def test_benchmark_models_tiny():
     proc = run_script("benchmark_models.py", "--lr_size=8x10", "--budgets=2e4", "--repeats=1",
-                      "--families=lr,hr", "--matmul_size=32")  # fmt: skip
+                      "--families=lr,hr", "--matmul_size=32", "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["matmul"]["gflops_per_s"] > 0 and len(out["results"]) == 1
@@ -290,6 +338,7 @@ def test_benchmark_models_tiny():
         for net in row["nets"].values():
             assert net["flops_xla"] == pytest.approx(net["flops_xla_model"], rel=XLA_RTOL)
             assert net["flops_analytic"] <= net["flops_xla_model"] <= net["flops_executed"]
+            assert abs(net["conv_macs"] / (8 * 10) / 2e4 - 1) < 0.2
             assert math.isfinite(net["fraction_of_matmul"]) and net["latency_ms"] > 0
 
 
@@ -306,7 +355,7 @@ def test_channel_remainder_with_a_scalar_tap_matmul():
 def test_channel_remainder_recomputes_a_cheap_producer(activation, family, depth, residual):
     """At r = 3, C = 1 on CPU the 9 LR channels of a 17-channel input are split into a conv and a
     tap matmul, two consumers of the previous layer. XLA recomputes a cheap producer (bias add,
-    + relu's max) for each of them and counts it twice (``flops.XLA_DUPLICATED``); found by
+    + relu's max) for each of them and counts it twice (``xla_cpu.XLA_DUPLICATED``); found by
     hypothesis: a deconv net with an identity activation gave XLA 212 FLOPs against 204."""
     config = ModelConfig(
         family=family,
@@ -323,7 +372,7 @@ def test_channel_remainder_recomputes_a_cheap_producer(activation, family, depth
     doubled = flops.model_cost(config, (2, 2)).layers[index]
     plain = flops.model_cost(config.replace(activation="tanh"), (2, 2)).layers[index]
     producer = 4 * 17 * (1 + flops.ACTIVATION_COST[activation][0])
-    split = subpixel.splits_last_channel(9, 17)
+    split = xla_cpu.splits_last_channel(9, 17)
     assert doubled.flops_xla - plain.flops_xla == (
-        producer if split and activation in flops.XLA_DUPLICATED else 0
+        producer if split and activation in xla_cpu.XLA_DUPLICATED else 0
     )

@@ -1,8 +1,9 @@
-"""Network families: shapes, exact conversions, receptive fields, gradients, ICNR, config errors.
+"""Network families: exact conversions, receptive fields, gradients, ICNR, config errors.
 
-References not written by the code under test: ``flax.nnx.ConvTranspose`` (the deconv layer's
-meaning), Keys' cubic kernel re-derived here (the bicubic receptive field), hand counts of the
-ESPCN paper's parameters, and conversion identities that must hold exactly.
+References not written by the code under test: ESPCN written in PyTorch (the ``lr`` family),
+``flax.nnx.ConvTranspose`` (the deconv layer's meaning), Keys' cubic kernel re-derived here (the
+bicubic receptive field), gradient probes (receptive fields), the ESPCN paper's layer shapes, and
+conversion identities that must hold exactly.
 """
 
 from __future__ import annotations
@@ -45,32 +46,36 @@ def _max_err(a, b) -> float:
 # Registry, config, shapes
 
 
-def test_registry_is_explicit_and_complete():
-    assert set(FAMILIES) == {"lr", "hr", "deconv", "lr_tied"}
-    for name, cls in FAMILIES.items():  # shapes only: eval_shape skips the initialisation
-        net = nnx.eval_shape(
-            lambda name=name: build_model(name, scale=2, rngs=nnx.Rngs(0), **SMALL)
-        )
-        assert type(net) is cls and net.config.family == name
+@pytest.mark.parametrize(
+    "scale, channels, kernels", [(1, 1, (5, 3, 3)), (2, 3, (5, 3, 3)), (3, 1, (5, 3, 3)),
+                                 (4, 3, (3, 1)), (3, 1, (3,))]
+)  # fmt: skip
+def test_lr_family_is_torch_espcn(scale, channels, kernels):
+    """The ``lr`` net ("torch" shuffle order) against the same ESPCN written in PyTorch: Conv2d
+    layers (padding k // 2), tanh between them, F.pixel_shuffle; weights copied across."""
+    torch = pytest.importorskip("torch")
+    depth = len(kernels)
+    cfg = ModelConfig(family="lr", scale=scale, channels=channels, depth=depth,
+                      widths=(6, 4)[: depth - 1], kernel_sizes=kernels, order="torch")  # fmt: skip
+    net = models.model_from_config(cfg, rngs=nnx.Rngs(4))
+    for conv in net.convs:  # non-zero biases, so that they are compared too
+        conv.bias.set_value(_x(conv.bias.shape, seed=conv.bias.shape[0]))
+    x = _x((2, 6, 7, channels), seed=1)
+    z = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+    for i, conv in enumerate(net.convs):
+        weight = torch.from_numpy(np.asarray(conv.kernel[...]).transpose(3, 2, 0, 1).copy())
+        bias = torch.from_numpy(np.asarray(conv.bias[...]).copy())
+        z = torch.nn.functional.conv2d(z, weight, bias, padding=weight.shape[-1] // 2)
+        z = torch.tanh(z) if i < depth - 1 else z
+    want = torch.nn.functional.pixel_shuffle(z, scale).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(apply(net, x), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize("scale, channels", [(1, 1), (2, 3), (3, 1), (4, 3)])
-def test_output_shape_every_family(family, scale, channels):
-    net = build_model(family, scale=scale, channels=channels, residual=scale == 3, rngs=nnx.Rngs(0),
-                      **SMALL)  # fmt: skip
-    y = apply(net, _x((2, 5, 7, channels)))
-    assert y.shape == (2, 5 * scale, 7 * scale, channels) and y.dtype == jnp.float32
-    assert bool(jnp.all(jnp.isfinite(y)))
-
-
-def test_depth_one_and_per_layer_lists():
-    for family in FAMILIES:
-        net = build_model(family, scale=2, depth=1, rngs=nnx.Rngs(0))
-        assert net.config.widths == () and apply(net, _x((1, 4, 4, 1))).shape == (1, 8, 8, 1)
+def test_per_layer_lists():
     cfg = ModelConfig(family="hr", depth=4, widths=[8, 6, 4], kernel_sizes=[9, 1, 1, 5])
     assert cfg.widths == (8, 6, 4) and cfg.kernel_sizes == (9, 1, 1, 5)  # SRCNN-like 9-1-1-5
     assert ModelConfig(family="lr", depth=4, widths=16).widths == (16, 16, 16)
+    assert ModelConfig(family="lr", depth=1).widths == ()
 
 
 def test_espcn_is_one_line_with_the_paper_shapes():
@@ -97,13 +102,20 @@ def test_ml_collections_config_unpacks():
         dict(family="deconv", scale=2, channels=3, depth=3, widths=[8, 4], activation="relu")
     )
     cfg = ModelConfig(**cd.to_dict())
-    assert cfg.widths == (8, 4) and hash(cfg) == hash(ModelConfig(**cd.to_dict()))
+    assert (cfg.family, cfg.scale, cfg.channels, cfg.widths) == ("deconv", 2, 3, (8, 4))
 
 
-def test_bfloat16_computation():
-    net = build_model("lr", scale=2, dtype="bfloat16", rngs=nnx.Rngs(0), **SMALL)
-    y = apply(net, _x((1, 4, 5, 1)))
-    assert y.dtype == jnp.bfloat16 and net.convs[0].kernel[...].dtype == jnp.float32
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_bfloat16_computation_follows_float32(family):
+    """dtype="bfloat16" computes in bfloat16 from the same float32 parameters: the output is the
+    float32 net's to bfloat16 precision."""
+    low = build_model(family, scale=2, dtype="bfloat16", rngs=nnx.Rngs(0), **SMALL)
+    high = build_model(family, scale=2, rngs=nnx.Rngs(0), **SMALL)
+    assert low.convs[0].kernel[...].dtype == jnp.float32
+    x = _x((1, 6, 5, 1))
+    y = apply(low, x)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float32), apply(high, x), rtol=0.05, atol=0.05)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,6 +242,55 @@ def test_receptive_field(family, r):
     assert 0 < lo and hi < h - 1, "the window must be interior for this test"
     assert (rows.min(), rows.max()) == (lo, hi)
     assert (cols.min(), cols.max()) == (lo, hi)
+
+
+def _gradient_field(net: nnx.Module, h: int) -> int:
+    """Widest support, in LR pixels, of d y[0, q, q, 0] / d x over the r phases q of the middle
+    LR pixel (rows and columns): the receptive field measured by a gradient probe."""
+    r = net.config.scale
+    graphdef, state = nnx.split(net)
+    probe = jax.jit(jax.grad(lambda x, q: nnx.merge(graphdef, state)(x)[0, q, q, 0]))
+    x = _x((1, h, h, net.config.channels), seed=5)
+    widest = 0
+    for a in range(r):
+        g = np.asarray(probe(x, (h // 2) * r + a))[0].any(axis=-1)
+        for support in (np.flatnonzero(g.any(axis=1)), np.flatnonzero(g.any(axis=0))):
+            if not support.size:  # a phase that reads no input (deconv with K < r)
+                continue
+            assert 0 < support.min() and support.max() < h - 1, "window must be interior"
+            widest = max(widest, support.max() - support.min() + 1)
+    return widest
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(family="lr", scale=3, kernel_sizes=(5, 3, 3)),  # ESPCN: 9
+        dict(family="lr", scale=2, depth=1, kernel_sizes=1, residual=True),  # the bicubic's 4
+        dict(family="lr", scale=2, kernel_sizes=(5, 3, 2), upsample_padding=((1, 0), (0, 1))),
+        dict(family="hr", scale=3, kernel_sizes=(5, 3, 3)),
+        dict(family="hr", scale=3, kernel_sizes=(15, 9, 9)),  # kernels scaled by r
+        dict(family="hr", scale=2, kernel_sizes=(4, 3, 2), residual=True),
+        dict(family="lr_tied", scale=2, kernel_sizes=(5, 3, 3)),
+        dict(family="deconv", scale=3, kernel_sizes=(5, 3, 9)),
+        dict(family="deconv", scale=3, kernel_sizes=(3, 3, 6)),
+        dict(family="deconv", scale=2, kernel_sizes=(3, 1, 5), residual=True),
+        dict(family="deconv", scale=4, depth=1, widths=(), kernel_sizes=(3,)),
+    ],
+)
+def test_receptive_field_is_the_gradient_support(fields):
+    fields = {"depth": 3, "widths": (4, 3), **fields}
+    net = build_model(rngs=nnx.Rngs(0), **fields)
+    expected = models.receptive_field(net.config)
+    assert _gradient_field(net, h=expected + 8) == expected
+
+
+def test_receptive_field_of_the_paper_nets():
+    """ESPCN's 5-3-3 sees 9x9 LR pixels; the hr net with the same kernels on the HR grid 7x7 at
+    x3 (9 HR pixels, plus the bicubic's reach), with kernels scaled by r 14x14."""
+    assert models.receptive_field(ModelConfig.espcn(scale=3)) == 9
+    assert models.receptive_field(ModelConfig(family="hr", scale=3)) == 7
+    assert models.receptive_field(ModelConfig(family="hr", scale=3, kernel_sizes=(15, 9, 9))) == 14
 
 
 # ------------------------------------------------------------------------------------------------

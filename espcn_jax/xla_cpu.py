@@ -1,0 +1,182 @@
+"""XLA:CPU-specific execution and cost quirks, kept out of the networks and the FLOP model's core.
+
+Two things live here, both about how XLA:CPU (jax 0.10, YNNPACK convolutions) runs our graphs:
+
+1. **The channel-remainder split** (an execution trick). YNNPACK computes conv output channels in
+   blocks of 8, so a 9-channel conv (the ESPCN Y x3 sub-pixel layer) costs about as much as a
+   16-channel one (32 -> 9 channels, 3x3, 360x640 input, 2-core CPU: 15.3 ms, vs 7.8 ms for 8 and
+   13.3 ms for 16). One channel past a block is cheaper as per-tap matmuls plus shifted sums
+   (~3 ms) when the conv reads more than 16 input channels; with 16 or fewer the plain conv is
+   faster (1 -> 9: 6.0 vs 8.2 ms, 16 -> 9: 11.0 vs 13.9; 17 -> 9: 29.5 vs 20.0, 32 -> 9: 15.2 vs
+   13.0; BUILD_NOTES.md). :func:`lr_correlation` is that conv; :func:`conv_general_dilated` is
+   the same as a ``conv_general_dilated`` hook, :class:`FastConvTranspose`'s default.
+   :func:`use_channel_split` is the one switch for the networks: it routes a net's upsampling
+   layer (``lr``'s sub-pixel ``nnx.Conv``, ``deconv``'s transposed conv) through the split, on
+   the CPU backend only; ``models.model_from_config`` calls it, so ``lr`` and ``deconv`` nets of
+   equal widths run the same LR convolution. Results are the same up to float32 summation order.
+2. **What XLA's cost analysis counts** for those graphs, which ``flops_xla`` mirrors (the budget a
+   study matches never depends on them): the split's extra work (:func:`split_cost`), a cheap
+   producer that XLA recomputes for both halves of a split (:data:`XLA_DUPLICATED`), and a 1x1
+   conv from 1 to 1 channel that XLA's simplifier turns into a multiply (:func:`mac_flops`).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+CHANNEL_BLOCK = 8  # YNNPACK's output-channel block on XLA:CPU
+SPLIT_MIN_IN_CHANNELS = 17  # below this the plain conv is faster (measured, see above)
+# Activations cheap enough that XLA's fusion recomputes "bias add + activation" in each consumer
+# instead of storing it once: it does so for the two consumers of the channel split, so XLA counts
+# that producer twice. Measured in tests/test_flops.py.
+XLA_DUPLICATED = frozenset({"identity", "relu"})
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def splits_last_channel(channels: int, in_channels: int) -> bool:
+    """Whether :func:`lr_correlation` computes the last of ``channels`` outputs (of a conv reading
+    ``in_channels``) as tap matmuls: on the CPU backend, one channel past a block, > 16 inputs."""
+    return (
+        jax.default_backend() == "cpu"
+        and channels % CHANNEL_BLOCK == 1
+        and channels > 1
+        and in_channels >= SPLIT_MIN_IN_CHANNELS
+    )
+
+
+def lr_correlation(
+    x_NHWC: jax.Array,
+    kernel_HWIO: jax.Array,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    precision=None,
+    preferred_element_type=None,
+) -> jax.Array:
+    """Stride-1 correlation, as ``lax.conv_general_dilated`` (explicit, possibly negative pads),
+    with the last channel split off when :func:`splits_last_channel` says so."""
+
+    def conv(kernel):
+        return lax.conv_general_dilated(
+            x_NHWC, kernel, (1, 1), padding, dimension_numbers=_DN, precision=precision,
+            preferred_element_type=preferred_element_type,
+        )  # fmt: skip
+
+    if not splits_last_channel(kernel_HWIO.shape[-1], kernel_HWIO.shape[-2]):
+        return conv(kernel_HWIO)
+    th, tw = kernel_HWIO.shape[:2]
+    taps = jnp.einsum(  # (N, H, W, th, tw): every tap of the last channel at every input pixel
+        "nhwc,ijc->nhwij", x_NHWC, kernel_HWIO[..., -1], precision=precision,
+        preferred_element_type=preferred_element_type,
+    )  # fmt: skip
+    taps = lax.pad(
+        taps,
+        jnp.zeros((), taps.dtype),
+        ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0), (0, 0, 0)),
+    )
+    out_h, out_w = taps.shape[1] - th + 1, taps.shape[2] - tw + 1
+    shifted = [taps[:, i : i + out_h, j : j + out_w, i, j] for i in range(th) for j in range(tw)]
+    last = functools.reduce(operator.add, shifted)
+    return jnp.concatenate([conv(kernel_HWIO[..., :-1]), last[..., None]], axis=-1)
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    out_sharding=None,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` that runs a plain 2-D NHWC correlation as :func:`lr_correlation`.
+
+    A drop-in for the ``conv_general_dilated`` hook of ``nnx.Conv`` and :class:`FastConvTranspose`.
+    Anything else (strides, dilations, groups, other layouts, a sharding) goes to
+    ``lax.conv_general_dilated`` unchanged.
+    """
+    plain = (
+        lhs.ndim == 4
+        and rhs.ndim == 4
+        and tuple(window_strides) == (1, 1)
+        and tuple(lhs_dilation or (1, 1)) == (1, 1)
+        and tuple(rhs_dilation or (1, 1)) == (1, 1)
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and out_sharding is None
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN)
+    )
+    if plain and splits_last_channel(rhs.shape[-1], rhs.shape[-2]):
+        if isinstance(padding, str):
+            padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+        return lr_correlation(
+            lhs, rhs, tuple(map(tuple, padding)), precision, preferred_element_type
+        )
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type, out_sharding=out_sharding,
+    )  # fmt: skip
+
+
+def use_channel_split(model: nnx.Module) -> nnx.Module:
+    """Routes ``model``'s upsampling layer (``lr``'s sub-pixel ``nnx.Conv``, ``deconv``'s
+    ``FastConvTranspose``) through :func:`conv_general_dilated`, on the CPU backend; elsewhere
+    leaves it unchanged. Returns ``model`` (changed in place). Parameters are untouched."""
+    if jax.default_backend() != "cpu":
+        return model
+    family = getattr(getattr(model, "config", None), "family", None)
+    if family == "lr":
+        model.convs[-1].conv_general_dilated = conv_general_dilated
+    elif family == "deconv":
+        model.deconv.conv_general_dilated = conv_general_dilated
+    return model
+
+
+def uses_channel_split(config) -> bool:
+    """Whether a ``models.model_from_config`` net of ``config`` has its upsampling layer routed
+    through the split on this backend (``lr`` and ``deconv``; the rule itself is per layer)."""
+    return jax.default_backend() == "cpu" and config.family in ("lr", "deconv")
+
+
+# ------------------------------------------------------------------------------------------------
+# What XLA's cost analysis counts (mirrored by flops.flops_xla)
+
+
+def mac_flops(macs: int, taps: int, cin: int, cout: int) -> int:
+    """XLA's FLOPs for ``macs`` multiply-adds of a conv with ``taps`` kernel taps: 2 each, except
+    that its simplifier turns a 1x1 conv from 1 to 1 channel into an elementwise multiply (1 each).
+    """
+    return macs if taps * cin * cout == 1 else 2 * macs
+
+
+def duplicated_producer(activation: str, activation_flops: int) -> int:
+    """FLOPs per element of a hidden layer's bias add + activation that XLA recomputes for the
+    second consumer of a split conv (0 when it stores it once)."""
+    return 1 + activation_flops if activation in XLA_DUPLICATED else 0
+
+
+def split_cost(size, taps: tuple[int, int], out: tuple[int, int], cin: int, cout: int, producer):
+    """``(conv_out, xla_extra, executed_extra)`` of an LR correlation of ``cout`` channels over an
+    input of ``size`` run by :func:`lr_correlation`: when it splits off the last channel, that
+    channel runs as per-tap matmuls over every input pixel (no padding skipped) plus ``taps - 1``
+    shifted adds per output pixel, and XLA recomputes a cheap producer of the input
+    (``producer`` FLOPs per input element, :func:`duplicated_producer`) for the second consumer.
+    """
+    if not splits_last_channel(cout, cin):
+        return cout, 0, 0
+    n_taps = taps[0] * taps[1]
+    macs = size[0] * size[1] * n_taps * cin
+    adds = (n_taps - 1) * out[0] * out[1] + producer * size[0] * size[1] * cin
+    return cout - 1, mac_flops(macs, n_taps, cin, 1) + adds, 2 * macs + adds
