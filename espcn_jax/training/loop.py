@@ -157,6 +157,8 @@ def _sampler(config, model_cfg) -> pipeline.PatchSampler:
         seed=t.seed,
         color=cfg_lib.color(config),
         augment=d.augment,
+        balance=d.balance,
+        min_std=d.min_std,
     )
 
 

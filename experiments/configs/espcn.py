@@ -35,6 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.split = config_dict.placeholder(str)  # split of skimage / tfds sources (None: train)
     d.data_dir = config_dict.placeholder(str)  # TFDS data directory (None: the default)
     d.augment = True  # random dihedral transform (8 rotations / flips) per patch
+    d.balance = "pixels"  # patches per image: "pixels" (by its area) or "images" (equal)
+    d.min_std = 0.0  # redraw LR patches flatter than this standard deviation (uint8 units)
 
     config.opt = o = ml_collections.ConfigDict()
     o.optimizer = "adam"  # adam or sgd (momentum 0.9)
