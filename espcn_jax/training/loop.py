@@ -211,9 +211,10 @@ def _final_eval(run: _Run, state, meta: dict) -> dict:
     result["eval"].update(scores)
     if scores:
         run.writer.write(total, _eval_scalars(scores))
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    if jax.process_index() == 0:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(path)
     return result
 
 
