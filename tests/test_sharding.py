@@ -41,10 +41,6 @@ def test_ops_under_explicit_mesh_match_definition(child, order):
 @pytest.mark.parametrize("family", models.FAMILY_NAMES)
 def test_sharded_train_step_equals_one_device(child, family, axis_type):
     gaps = child["train"][f"{family}/{axis_type}"]
-    if "error" in gaps and axis_type == "Explicit" and family in ("hr", "lr_tied"):
-        # bicubic.upscale's edge padding has no Explicit-axes sharding rule (bicubic.py's owner
-        # fixes it); the engine's mesh uses Auto axes, under which these families are tested.
-        pytest.xfail(gaps["error"])
     assert "error" not in gaps, gaps.get("error")
     assert gaps["devices"] == 4
     assert gaps["loss_rel"] < 1e-5, gaps

@@ -69,7 +69,7 @@ def assert_usage_error(proc: subprocess.CompletedProcess, *words: str) -> None:
     "flag, words",
     [
         ("--config.train.steps=0", ("config.train.steps", "0")),
-        ("--config.train.patch=50", ("smaller than the HR patch",)),
+        ("--config.train.patch=50", ("large enough for the HR patch 150x150",)),
         ("--config.model.family=srcnn", ("family", "srcnn")),
         ("--config.model.no_such_field=1", ("no_such_field",)),
     ],

@@ -99,7 +99,7 @@ def test_restore_rebuilds_the_evaluated_model(reference, data_dir):
 
     model, config = training.restore(reference)
     assert training.model_config(config) == model.config
-    scores = evaluation.evaluate_model(model, evaluation.load_set(f"folder:{data_dir}"), 3, "y")
+    scores = evaluation.evaluate_model(model, evaluation.load_set(f"folder:{data_dir}"), 3)
     final = json.loads((reference / "final_eval.json").read_text())
     assert scores["psnr"] == pytest.approx(final["eval"][f"folder:{data_dir}"]["psnr"], abs=1e-9)
 

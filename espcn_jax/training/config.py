@@ -117,7 +117,7 @@ def write_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> No
     """Writes ``config.json`` into a new run directory (atomically); checks an existing one."""
     path = workdir / CONFIG_FILE
     check_workdir_config(config, workdir)
-    if path.exists():
+    if path.exists() or jax.process_index() != 0:
         return
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")

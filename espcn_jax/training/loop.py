@@ -99,13 +99,10 @@ def _catch_signals():
 
 def _evaluate(model, sets, model_cfg, step: int) -> dict:
     """Protocol scores per set, at full float32 precision (comparable across backends)."""
-    channels = "y" if model_cfg.channels == 1 else "rgb"
     out = {}
     for name in sets:
         with jax.default_matmul_precision("highest"):
-            scores = evaluation.evaluate_model(
-                model, evaluation.load_set(name), model_cfg.scale, channels
-            )
+            scores = evaluation.evaluate_model(model, evaluation.load_set(name), model_cfg.scale)
         out[name] = {**scores, "step": step}
         logging.info(
             "eval step %d %s: PSNR %.3f dB SSIM %.4f", step, name, scores["psnr"], scores["ssim"]
@@ -160,6 +157,8 @@ def _sampler(config, model_cfg) -> pipeline.PatchSampler:
         seed=t.seed,
         color=cfg_lib.color(config),
         augment=d.augment,
+        balance=d.balance,
+        min_std=d.min_std,
     )
 
 
@@ -212,9 +211,10 @@ def _final_eval(run: _Run, state, meta: dict) -> dict:
     result["eval"].update(scores)
     if scores:
         run.writer.write(total, _eval_scalars(scores))
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    if jax.process_index() == 0:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(path)
     return result
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 from absl import logging
 
 from espcn_jax.data import import_tf
@@ -24,6 +25,9 @@ class MetricWriter:
 
     def __init__(self, workdir: Path, start_step: int):
         self.path = workdir / METRICS_FILE
+        self.enabled = jax.process_index() == 0  # one writer per run, on multi-host too
+        if not self.enabled:
+            return
         if self.path.exists():
             kept = [
                 line
@@ -39,6 +43,8 @@ class MetricWriter:
         self._summary = tf.summary.create_file_writer(str(workdir))
 
     def write(self, step: int, scalars: dict) -> None:
+        if not self.enabled:
+            return
         row = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
@@ -53,6 +59,8 @@ class MetricWriter:
         self._summary.flush()
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._file.close()
         self._summary.close()
 
