@@ -9,10 +9,11 @@ stderr), 1 NaN/Inf loss, 128 + signal number after a signal.
 
 from __future__ import annotations
 
+import logging as std_logging
 import pathlib
 import sys
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from espcn_jax import cli, training
@@ -32,7 +33,19 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, checkpoi
 _JSON = flags.DEFINE_bool("json", False, "Print final_eval.json instead of a table.")
 
 
+def _log_progress() -> None:
+    """INFO lines from espcn_jax (model size, progress, evaluation) on stderr; libraries (Orbax,
+    TF) stay at WARNING, as cli.run sets them, unless --verbosity was given."""
+    if flags.FLAGS["verbosity"].present:
+        return
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_logger().addFilter(
+        lambda record: record.levelno >= std_logging.WARNING or "espcn_jax" in record.pathname
+    )
+
+
 def main(argv: list[str]) -> None:
+    _log_progress()
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _WORKDIR.value:
