@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from espcn_jax import flops, models, solver
+from espcn_jax import evaluate, flops, models, solver
 from espcn_jax.study import grid, measure, point, results, runner
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -232,7 +232,7 @@ class FakeEngine:
         cfg_json.write_text(json.dumps(config.to_dict()))
         model, _ = self.restore(workdir)
         evals = {
-            name: measure.evaluate_source(model, measure.load_set(name), config.model.scale)
+            name: evaluate.evaluate_source(model, measure.load_set(name), config.model.scale)
             for name in config.eval.sets.split(",")
         }
         return {"step": config.train.steps, "train_time_s": 0.0, "train_loss": 0.5, "eval": evals}
@@ -403,7 +403,7 @@ def test_bicubic_scores_equal_a_residual_net_with_zero_weights(smoke_points):
     source = measure.load_set(cfg.eval.sets[0])
     net = models.build_model("hr", depth=2, widths=2, residual=True, rngs=nnx.Rngs(0))
     nnx.update(net, jax.tree.map(lambda x: x * 0, nnx.state(net, nnx.Param)))
-    want = measure.evaluate_source(net, source, 3)
+    want = evaluate.evaluate_source(net, source, 3)
     got = measure.bicubic_scores(source, 3, 1)
     assert got["psnr"] == pytest.approx(want["psnr"], abs=1e-4)
     assert got["ssim"] == pytest.approx(want["ssim"], abs=1e-6)

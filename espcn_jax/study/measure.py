@@ -108,42 +108,12 @@ def load_set(name: str) -> data.Source:
     return evaluation.load_set(name)
 
 
-def evaluate_source(model: nnx.Module, source: data.Source, scale: int) -> dict:
-    """The evaluation protocol (MATLAB Y, border crop, per-image mean) on an in-memory set.
-
-    ADAPTER (until the ``infer`` branch is merged): ``evaluate.evaluate_source`` when it exists
-    (models in [0, 1]); else the per-image protocol with a [0, 255] ``sr_fn`` wrapper.
-    """
-    if hasattr(evaluate, "evaluate_source"):
-        return evaluate.evaluate_source(model, source, scale)
-    channels = "y" if model.config.channels == 1 else "rgb"
-    fwd, state = _forward(model)
-    sr_fn = jax.jit(lambda lr: fwd(state, lr / 255.0) * 255.0)
-    rows = []
-    for k, name in enumerate(source.names):
-        hr = images.mod_crop(source.hr[k], scale)
-        lr = source.lr[k] if source.lr is not None else evaluate.make_lr(hr, scale, channels, True)
-        p, s = evaluate.evaluate_image(hr, lr, sr_fn, scale, channels)
-        rows.append({"file": str(name).split("/")[-1], "psnr": p, "ssim": s})
-    return {
-        "psnr": float(np.mean([r["psnr"] for r in rows])),
-        "ssim": float(np.mean([r["ssim"] for r in rows])),
-        "num_images": len(rows),
-        "images": rows,
-    }
-
-
 def bicubic_scores(source: data.Source, scale: int, channels: int) -> dict:
-    """The protocol's PSNR/SSIM of bicubic upscaling (the floor every family must clear)."""
+    """The protocol's PSNR/SSIM of bicubic upscaling (the floor every family must clear), by the
+    same :func:`evaluate.evaluate_source` that scores the trained models (grey images as grey)."""
     mode = "y" if channels == 1 else "rgb"
-    upscale = evaluate.bicubic_model(scale)  # linear: the same on [0, 1] and [0, 255] pixels
-    rows = []
-    for k in range(len(source)):
-        hr = images.mod_crop(source.hr[k], scale)
-        lr = source.lr[k] if source.lr is not None else evaluate.make_lr(hr, scale, mode, True)
-        rows.append(evaluate.evaluate_image(hr, lr, upscale, scale, mode))
-    psnr, ssim = np.mean(rows, axis=0)
-    return {"psnr": float(psnr), "ssim": float(ssim)}
+    result = evaluate.evaluate_source(evaluate.bicubic_model(scale), source, scale, channels=mode)
+    return {"psnr": result["psnr"], "ssim": result["ssim"]}
 
 
 def train_subset(
@@ -178,7 +148,8 @@ def tied_check(model: nnx.Module, source: data.Source, scale: int) -> dict:
     one = data.Source(
         source.name, source.hr[:1], source.names[:1], None if source.lr is None else source.lr[:1]
     )
-    a, b = evaluate_source(model, one, scale), evaluate_source(tied, one, scale)
+    a = evaluate.evaluate_source(model, one, scale)
+    b = evaluate.evaluate_source(tied, one, scale)
     hr = images.mod_crop(source.hr[0], scale)
     channels = "y" if model.config.channels == 1 else "rgb"
     lr = jnp.asarray(evaluate.make_lr(hr, scale, channels, True))[None] / 255.0
