@@ -303,6 +303,8 @@ def test_failed_point_is_recorded_the_sweep_goes_on_and_a_rerun_resumes_it(tmp_p
 
 def test_ok_record_has_the_promised_keys_and_consistent_costs(tmp_path, smoke_points):
     cfg, points = smoke_points
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.eval.tied_check = True  # off in the smoke preset (sweep time); tested here
     engine = FakeEngine()
     ctx = point.Context(
         cfg, base_config(), tmp_path, train_fn=engine.train, restore_fn=engine.restore
