@@ -7,12 +7,52 @@ directory is removed when the manager is next opened (``cleanup_tmp_directories`
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+class _DropWarnings(logging.Filter):
+    """Drops records below ERROR: what Orbax's CheckpointManager warns while a read-only manager is
+    built ("Given directory is read only", ...) is expected, not news for the user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def _quiet_absl_warnings():
+    logger, quiet = logging.getLogger("absl"), _DropWarnings()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _late_loop_callback(unraisable) -> bool:
+    """An unreadable checkpoint fails Orbax's restore at its first bad array; Orbax's event loop is
+    closed while TensorStore's other reads are still in flight, and each of them, when it
+    completes, reports ``RuntimeError('Event loop is closed')`` through ``sys.unraisablehook``
+    from a TensorStore thread. The restore has already failed with its own error; these are
+    teardown noise."""
+    exc = unraisable.exc_value
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _hook_dropping_late_loop_callbacks(previous):
+    def hook(unraisable):
+        if not _late_loop_callback(unraisable):
+            previous(unraisable)
+
+    hook.drops_late_loop_callbacks = True
+    return hook
 
 
 class Checkpoints:
@@ -22,16 +62,20 @@ class Checkpoints:
         self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
         if read_only and not self.directory.is_dir():
             raise FileNotFoundError(f"no checkpoints in {Path(workdir)}")
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep,
-                create=not read_only,
-                read_only=read_only,
-                cleanup_tmp_directories=not read_only,
-            ),
-            item_names=("state", "meta"),
-        )
+        # A read-only manager saves nothing and deletes nothing (save_interval_steps=0,
+        # max_to_keep=None: what Orbax would set, with a warning each, for read_only=True).
+        with _quiet_absl_warnings() if read_only else contextlib.nullcontext():
+            self.manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=None if read_only else keep,
+                    save_interval_steps=0 if read_only else 1,
+                    create=not read_only,
+                    read_only=read_only,
+                    cleanup_tmp_directories=not read_only,
+                ),
+                item_names=("state", "meta"),
+            )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -54,6 +98,11 @@ class Checkpoints:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        # Installed before the restore (the loop closes before its error reaches us); kept if the
+        # restore fails, since TensorStore's reads complete after it (_late_loop_callback).
+        previous = sys.unraisablehook
+        if not getattr(previous, "drops_late_loop_callbacks", False):
+            sys.unraisablehook = _hook_dropping_late_loop_callbacks(previous)
         try:
             out = self.manager.restore(
                 step,
@@ -66,6 +115,7 @@ class Checkpoints:
             raise ValueError(
                 f"checkpoint {self.directory / str(step)} cannot be read ({first[:200]})"
             ) from None
+        sys.unraisablehook = previous  # every read has completed
         return out.state, dict(out.meta)
 
     def close(self) -> None:
