@@ -32,15 +32,14 @@ import numpy as np
 from absl import flags
 from jax import lax
 
-from espcn_jax import bicubic
-from espcn_jax.cli import define_tune_malloc_flag, print_json, run
+from espcn_jax import bicubic, cli
 from espcn_jax.flops import parse_size
-from espcn_jax.ops import check_positive_int, convert_order, pixel_shuffle
+from espcn_jax.ops import convert_order, pixel_shuffle
 from espcn_jax.timing import time_fn, tune_malloc
 
-flags.DEFINE_list("scales", ["2", "3", "4"], "Scales r.")
+SCALES = cli.define_scales_flag(["2", "3", "4"])
 flags.DEFINE_string("hr_size", "1080x1920", "HR size HxW (rounded down to multiples of r).")
-flags.DEFINE_integer("channels", 1, "Image channels C.", lower_bound=1)
+CHANNELS = cli.define_channels_flag()
 flags.DEFINE_string("train_patch", "32x32", "LR patch HxW of the training-batch case.")
 flags.DEFINE_integer("train_batch", 16, "Patches in the training-batch case.", lower_bound=1)
 flags.DEFINE_integer("repeats", 3, "Timed calls per variant and round, at least.", lower_bound=1)
@@ -51,9 +50,9 @@ flags.DEFINE_integer(
     "rounds", 3, "Rounds over all variants (interleaved against load drift).", lower_bound=1
 )
 flags.DEFINE_integer("warmup", 2, "Untimed calls per variant before round 1.", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Seed of the images.")
-flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
-TUNE_MALLOC = define_tune_malloc_flag()
+SEED = cli.define_seed_flag(help="Seed of the images.")
+JSON = cli.define_json_flag()
+TUNE_MALLOC = cli.define_tune_malloc_flag()
 FLAGS = flags.FLAGS
 
 SPEEDUP_TARGET = 5.0  # new must be >= 5x faster than jax.image.resize (upscale and downscale)
@@ -134,21 +133,9 @@ class Config:
     seed: int
 
 
-def parse_scales(items: list[str]) -> tuple[int, ...]:
-    if not items:
-        raise ValueError("scales must list at least one integer >= 1, got ''")
-    out = []
-    for item in items:
-        try:
-            out.append(check_positive_int(int(item.strip()), "scales"))
-        except ValueError:
-            raise ValueError(f"scales must be integers >= 1, got {item!r}") from None
-    return tuple(out)
-
-
 def config_from_flags() -> Config:
     hgt, wid = parse_size(FLAGS.hr_size, "hr_size")
-    scales = parse_scales(FLAGS.scales)
+    scales = cli.parse_int_list(SCALES.value, "scales", cli.MIN_SCALE)
     too_big = [r for r in scales if r > min(hgt, wid)]
     if too_big:
         raise ValueError(f"scales must not exceed the hr_size {hgt}x{wid}, got {too_big}")
@@ -156,14 +143,14 @@ def config_from_flags() -> Config:
         scales=scales,
         hr_height=hgt,
         hr_width=wid,
-        channels=FLAGS.channels,
+        channels=CHANNELS.value,
         train_batch=FLAGS.train_batch,
         train_patch=parse_size(FLAGS.train_patch, "train_patch"),
         repeats=FLAGS.repeats,
         min_time_ms=FLAGS.min_time_ms,
         rounds=FLAGS.rounds,
         warmup=FLAGS.warmup,
-        seed=FLAGS.seed,
+        seed=SEED.value,
     )
 
 
@@ -310,8 +297,7 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ValueError(f"unexpected positional arguments: {argv[1:]}")
+    cli.check_no_positional(argv)
     cfg = config_from_flags()
     malloc = tune_malloc() if TUNE_MALLOC.value else None  # first, before JAX allocates
     report = {
@@ -320,11 +306,8 @@ def main(argv: list[str]) -> None:
         "notes": NOTES,
         "results": [bench_scale(cfg, r) for r in cfg.scales],
     }
-    if FLAGS.json:
-        print_json(report)
-    else:
-        print_table(report)
+    cli.emit(report, print_table)
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

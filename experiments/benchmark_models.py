@@ -20,8 +20,7 @@ import jax.numpy as jnp
 from absl import flags
 from flax import nnx
 
-from espcn_jax import flops, solver
-from espcn_jax.cli import define_tune_malloc_flag, print_json, run
+from espcn_jax import cli, flops, solver
 from espcn_jax.models import model_from_config, receptive_field
 from espcn_jax.timing import time_fn, tune_malloc
 
@@ -33,14 +32,14 @@ flags.DEFINE_enum("budget_unit", "lr_pixel", list(solver.BUDGET_UNITS), "What a 
 flags.DEFINE_list("families", ["lr", "hr", "deconv"], "Families to match.")
 flags.DEFINE_integer("depth", 3, "Conv layers of every net.")
 flags.DEFINE_enum("scheme", "uniform", list(solver.WIDTH_SCHEMES), "Solver width scheme.")
-flags.DEFINE_integer("scale", 3, "Upscaling factor r.")
-flags.DEFINE_integer("channels", 1, "Image channels (1 = Y).")
+SCALE = cli.define_scale_flag()
+CHANNELS = cli.define_channels_flag()
 flags.DEFINE_string("activation", "tanh", "Hidden activation.")
-flags.DEFINE_string("lr_size", "360x640", "LR size HxW of the timed image (1080p output at x3).")
+LR_SIZE = cli.define_lr_size_flag(help="LR size HxW of the timed image (1080p output at x3).")
 flags.DEFINE_integer("repeats", 5, "Timed calls per net (median reported).")
 flags.DEFINE_integer("matmul_size", 2048, "n of the n x n x n float32 matmul reference.")
-flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-TUNE_MALLOC = define_tune_malloc_flag()
+JSON = cli.define_json_flag()
+TUNE_MALLOC = cli.define_tune_malloc_flag()
 FLAGS = flags.FLAGS
 
 
@@ -98,16 +97,16 @@ def bench_net(config, lr_size: tuple[int, int], repeats: int, peak: float) -> di
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    cli.check_no_positional(argv)
     malloc = tune_malloc() if TUNE_MALLOC.value else None  # first, before JAX allocates
-    lr_size = flops.parse_size(FLAGS.lr_size)
+    lr_size = flops.parse_size(LR_SIZE.value, "lr_size")
     budgets = _positive_floats(FLAGS.budgets, "budgets")
     if FLAGS.repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {FLAGS.repeats}")
-    fields = dict(scale=FLAGS.scale, channels=FLAGS.channels, activation=FLAGS.activation)
+    fields = dict(scale=SCALE.value, channels=CHANNELS.value, activation=FLAGS.activation)
     matched = []
     for budget in budgets:  # solve everything first: a bad flag fails before any timing
-        per_image = solver.budget_per_image(budget, FLAGS.budget_unit, lr_size, FLAGS.scale)
+        per_image = solver.budget_per_image(budget, FLAGS.budget_unit, lr_size, SCALE.value)
         sols = solver.match_budget(
             per_image, FLAGS.families, FLAGS.depth, lr_size, scheme=FLAGS.scheme,
             metric=FLAGS.metric, **fields,
@@ -144,10 +143,7 @@ def main(argv: list[str]) -> None:
             "matmul": matmul,
             "results": rows,
         }  # fmt: skip
-    if FLAGS.json:
-        print_json(report)
-    else:
-        print_table(report)
+    cli.emit(report, print_table)
 
 
 def print_table(report: dict) -> None:
@@ -166,4 +162,4 @@ def print_table(report: dict) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -37,12 +37,11 @@ import optax
 from absl import flags
 from flax import nnx
 
-from espcn_jax import data, flops, models, pipeline
-from espcn_jax.cli import define_tune_malloc_flag, print_json, run
+from espcn_jax import cli, data, flops, models, pipeline
 from espcn_jax.timing import tune_malloc
 from espcn_jax.training import step as step_lib
 
-flags.DEFINE_integer("scale", 3, "Upscaling factor r.", lower_bound=1)
+SCALE = cli.define_scale_flag()
 flags.DEFINE_integer("batch", 16, "Patches per step.", lower_bound=1)
 flags.DEFINE_integer("patch", 32, "LR patch side.", lower_bound=1)
 flags.DEFINE_float("lr", 1e-3, "Adam learning rate (constant).", lower_bound=0.0)
@@ -56,10 +55,10 @@ flags.DEFINE_bool("torch", True, "Time PyTorch too when it is importable.")
 flags.DEFINE_integer(
     "torch_threads", 0, "torch.set_num_threads (0: leave PyTorch's default).", lower_bound=0
 )
-flags.DEFINE_string("source", "skimage", "Training images of the real loop (data.make_source).")
-flags.DEFINE_integer("seed", 0, "Seed of parameters and batches.")
-flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
-TUNE_MALLOC = define_tune_malloc_flag()
+DATA = cli.define_data_flags()  # the real loop's training images
+SEED = cli.define_seed_flag(help="Seed of parameters and batches.")
+JSON = cli.define_json_flag()
+TUNE_MALLOC = cli.define_tune_malloc_flag()
 FLAGS = flags.FLAGS
 
 BACKWARD_FACTOR = 2  # backward = 2 x forward (input and weight gradients of every layer)
@@ -97,12 +96,14 @@ class Config:
     matmul_size: int
     torch_threads: int
     source: str
+    split: str | None
+    tfds_data_dir: str | None
     seed: int
 
 
 def config_from_flags() -> Config:
     return Config(
-        scale=FLAGS.scale,
+        scale=SCALE.value,
         batch=FLAGS.batch,
         patch=FLAGS.patch,
         lr=FLAGS.lr,
@@ -113,8 +114,10 @@ def config_from_flags() -> Config:
         prefetch=FLAGS.prefetch,
         matmul_size=FLAGS.matmul_size,
         torch_threads=FLAGS.torch_threads,
-        source=FLAGS.source,
-        seed=FLAGS.seed,
+        source=DATA["source"].value,
+        split=DATA["split"].value,
+        tfds_data_dir=DATA["tfds_data_dir"].value,
+        seed=SEED.value,
     )
 
 
@@ -269,7 +272,7 @@ def run_loop(stepper: Stepper, batches, steps: int) -> dict[str, float]:
 
 
 def load_source(cfg: Config) -> data.Source:
-    return data.make_source(cfg.source, split="train" if cfg.source == "skimage" else None)
+    return data.make_source(cfg.source, split=cfg.split, data_dir=cfg.tfds_data_dir)
 
 
 def measure_pipeline(cfg: Config, stepper: Stepper, mesh, source: data.Source) -> dict:
@@ -395,8 +398,7 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ValueError(f"unexpected positional arguments: {argv[1:]}")
+    cli.check_no_positional(argv)
     cfg = config_from_flags()
     malloc = tune_malloc() if TUNE_MALLOC.value else None  # first, before JAX allocates
     report = {
@@ -405,14 +407,11 @@ def main(argv: list[str]) -> None:
         "notes": NOTES,
         "result": benchmark(cfg),
     }
-    if FLAGS.json:
-        # the headline keys at the top level too, for scripts
-        head = ("jax_step_ms", "torch_step_ms", "speedup_vs_torch", "gflops_per_s")
-        head += ("matmul_gflops_per_s", "pipeline_overhead")
-        print_json({k: report["result"][k] for k in head} | report)
-    else:
-        print_table(report)
+    # the headline keys at the top level too, for scripts (the table prints from "result")
+    head = ("jax_step_ms", "torch_step_ms", "speedup_vs_torch", "gflops_per_s")
+    head += ("matmul_gflops_per_s", "pipeline_overhead")
+    cli.emit({k: report["result"][k] for k in head} | report, print_table)
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -23,8 +23,7 @@ import jax
 from absl import flags
 from flax import nnx
 
-from espcn_jax import flops, solver
-from espcn_jax.cli import define_tune_malloc_flag, print_json, run
+from espcn_jax import cli, flops, solver
 from espcn_jax.models import ModelConfig, model_from_config, receptive_field
 from espcn_jax.timing import tune_malloc
 
@@ -35,16 +34,16 @@ flags.DEFINE_string("budget", None, "Budget in --metric per --budget_unit; runs 
 flags.DEFINE_enum("metric", solver.DEFAULT_METRIC, list(solver.METRICS), "What --budget counts.")
 flags.DEFINE_enum("budget_unit", "image", list(solver.BUDGET_UNITS), "What --budget is per.")
 flags.DEFINE_enum("scheme", "uniform", list(solver.WIDTH_SCHEMES), "Solver width scheme.")
-flags.DEFINE_integer("scale", 3, "Upscaling factor r.")
-flags.DEFINE_integer("channels", 1, "Image channels: 1 (Y) or 3 (RGB).")
-flags.DEFINE_string("lr_size", "360x640", "LR image size HxW (360x640 is 1080p output at x3).")
+SCALE = cli.define_scale_flag()
+CHANNELS = cli.define_channels_flag()
+LR_SIZE = cli.define_lr_size_flag(help="LR image size HxW (360x640 is 1080p output at x3).")
 flags.DEFINE_list("kernel_sizes", None, "Per-layer kernel sizes (default: 5, then 3; deconv 3r).")
 flags.DEFINE_string("activation", "tanh", "Hidden activation: tanh, relu, silu, ...")
 flags.DEFINE_bool("residual", False, "Add the bicubic upscale of the input to the output.")
 flags.DEFINE_bool("latency", True, "Measure the jitted forward pass on the default device.")
 flags.DEFINE_integer("repeats", 10, "Timed calls for the latency (median reported).")
-flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-TUNE_MALLOC = define_tune_malloc_flag()
+JSON = cli.define_json_flag()
+TUNE_MALLOC = cli.define_tune_malloc_flag()
 FLAGS = flags.FLAGS
 
 
@@ -76,8 +75,8 @@ def config_from_flags(lr_size: tuple[int, int]) -> tuple[ModelConfig, dict | Non
     fields = dict(
         family=FLAGS.family,
         depth=FLAGS.depth,
-        scale=FLAGS.scale,
-        channels=FLAGS.channels,
+        scale=SCALE.value,
+        channels=CHANNELS.value,
         kernel_sizes=_ints(FLAGS.kernel_sizes, "kernel_sizes"),
         activation=FLAGS.activation,
         residual=FLAGS.residual,
@@ -138,19 +137,16 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    cli.check_no_positional(argv)
     malloc = tune_malloc() if TUNE_MALLOC.value else None  # first, before JAX allocates
-    lr_size = flops.parse_size(FLAGS.lr_size)
+    lr_size = flops.parse_size(LR_SIZE.value, "lr_size")
     config, solution = config_from_flags(lr_size)
     report = cost_report(config, lr_size, FLAGS.latency, FLAGS.repeats) | {"malloc": malloc}
     if solution is not None:
         report["solver"] = solution
         report["widths"] = list(config.widths)
-    if FLAGS.json:
-        print_json(report)
-    else:
-        print_table(report)
+    cli.emit(report, print_table)
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

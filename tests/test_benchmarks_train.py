@@ -89,7 +89,11 @@ def test_train_without_torch_gives_nulls():
     [
         ("benchmark_train.py", ["--batch=0"], "batch"),
         ("benchmark_train.py", ["--source=nowhere"], "nowhere"),
+        ("benchmark_train.py", ["--scale=1"], "scale must be an integer >= 2, got 1"),
+        ("benchmark_train.py", ["stray"], "unexpected positional arguments: stray"),
         ("benchmark_bicubic.py", ["--scales=2,x"], "scales"),
+        ("benchmark_bicubic.py", ["--scales=1"], "scales must be integers >= 2, got '1'"),
+        ("benchmark_bicubic.py", ["--channels=2"], "channels must be 1 (Y) or 3 (RGB), got 2"),
         ("benchmark_bicubic.py", ["--hr_size=12"], "hr_size"),
     ],
 )

@@ -312,16 +312,21 @@ def test_flops_cli_width_and_budget():
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "script, args, message",
     [
-        (["--family=cnn", "--width=8"], "family must be one of"),
-        (["--width=8", "--lr_size=0x9"], "lr_size must be HxW"),
-        (["--family=hr", "--budget=1e3"], "infeasible.*minimum"),
-        (["--width=8", "--budget=1e9"], "exactly one of --width and --budget"),
+        ("flops.py", ["--family=cnn", "--width=8"], "family must be one of"),
+        ("flops.py", ["--width=8", "--lr_size=0x9"], "lr_size must be HxW"),
+        ("flops.py", ["--family=hr", "--budget=1e3"], "infeasible.*minimum"),
+        ("flops.py", ["--width=8", "--budget=1e9"], "exactly one of --width and --budget"),
+        ("flops.py", ["--scale=0"], "flag --scale=0: scale must be an integer >= 2, got 0"),
+        ("flops.py", ["--width=8", "--channels=2"], r"channels must be 1 \(Y\) or 3 \(RGB\)"),
+        ("flops.py", ["--width=8", "stray"], "unexpected positional arguments: stray"),
+        ("benchmark_models.py", ["--scale=1"], "scale must be an integer >= 2, got 1"),
+        ("benchmark_models.py", ["--lr_size=3"], "lr_size must be HxW"),
     ],
 )
-def test_flops_cli_errors(args, message):
-    proc = run_script("flops.py", *args)
+def test_flops_cli_errors(script, args, message):
+    proc = run_script(script, *args)
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and re.match(f"error: .*{message}", lines[0]), proc.stderr
