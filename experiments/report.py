@@ -13,19 +13,24 @@ from __future__ import annotations
 
 from absl import flags
 
-from espcn_jax.cli import print_json, run
+from espcn_jax import cli
 from espcn_jax.study import outputs
 
 flags.DEFINE_string("workdir", None, "The sweep's directory (holds results*.jsonl).")
 flags.DEFINE_string("out_dir", None, "Where to write the report (default: WORKDIR/report).")
 flags.DEFINE_bool("samples", True, "Draw the sample image grid (restores one model per family).")
 flags.DEFINE_integer("bootstrap", 2000, "Bootstrap draws for the compute-equivalence intervals.")
-flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+JSON = cli.define_json_flag()
 FLAGS = flags.FLAGS
 
 
+def summary_table(summary: dict) -> str:
+    table = summary["table_md"]
+    return f"{table}\n\n{summary['conclusion']}\n\nreport: {summary['out_dir']}"
+
+
 def main(argv: list[str]) -> None:
-    del argv
+    cli.check_no_positional(argv)
     if FLAGS.workdir is None:
         raise ValueError("--workdir is required")
     if FLAGS.bootstrap < 1:
@@ -33,16 +38,10 @@ def main(argv: list[str]) -> None:
     summary = outputs.write_report(
         FLAGS.workdir, FLAGS.out_dir, samples=FLAGS.samples, n_boot=FLAGS.bootstrap
     )
-    table = summary.pop("table_md")
-    if FLAGS.json:
-        print_json(summary)
-        return
-    print(table)
-    print()
-    print(summary["conclusion"])
-    print()
-    print(f"report: {summary['out_dir']}")
+    if JSON.value:
+        summary.pop("table_md")
+    cli.emit(summary, summary_table)
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

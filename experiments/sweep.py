@@ -28,7 +28,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from espcn_jax.cli import fail, print_json, run
+from espcn_jax import cli
 from espcn_jax.study import grid, outputs, results, runner
 from espcn_jax.study.point import Context
 from espcn_jax.training import Interrupted
@@ -49,9 +49,11 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("shard", "0/1", "Run every n-th point starting at i (i/n), for n machines.")
 flags.DEFINE_bool("report", True, "Write the report when the sweep ends.")
-flags.DEFINE_bool("dry_run", False, "Print the (sharded) points and exit without training.")
+flags.DEFINE_bool(
+    "dry_run", False, "Print the (sharded) points, widths solved, and exit without training."
+)
 flags.DEFINE_bool("progress", True, "Progress bar over points on stderr.")
-flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+JSON = cli.define_json_flag()
 flags.DEFINE_bool(
     "distributed",
     False,
@@ -68,7 +70,7 @@ def expand_preset(argv: list[str]) -> list[str]:
     if not presets:
         return argv
     if has_config:
-        fail("give --preset or --config, not both")
+        cli.fail("give --preset or --config, not both")
     name = presets[-1].split("=", 1)[1]
     return [argv[0], f"--config={SWEEP_CONFIG}:{name}", *argv[1:]]  # before --config.x overrides
 
@@ -83,22 +85,52 @@ def engine_config(preset: str | None):
     return module.get_config(preset) if preset else module.get_config()
 
 
+def check_config(sweep) -> None:
+    """The drivers' bounds on the fields that are flags elsewhere (--scale, --channels)."""
+    cli.check_sr_scale(sweep.model.scale, "config.model.scale")
+    cli.check_channels(sweep.model.channels, "config.model.channels")
+
+
+def dry_run_table(plan: dict) -> str:
+    index, count = plan["shard"]
+    lines = [f"{len(plan['run'])} of {plan['points']} points in shard {index}/{count}:"]
+    head = f"{'point_id':<44} {'family':<7} {'depth':>5} {'widths':<12} {'budget':>9} {'steps':>6}"
+    lines.append(head + " seed")
+    for p in plan["run"]:
+        widths = ",".join(str(w) for w in p["widths"])
+        lines.append(
+            f"{p['point_id']:<44} {p['family']:<7} {p['depth']:>5} {widths:<12} "
+            f"{p['budget']:>9.4g} {p['steps']:>6} {p['seed']}"
+        )
+    return "\n".join(lines)
+
+
+def summary_table(summary: dict) -> str:
+    counts = f"{summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped"
+    lines = [f"results: {summary['results']} ({counts})"]
+    if "report" in summary:
+        rep = summary["report"]
+        lines += ["", rep["table_md"], "", rep["conclusion"], "", f"report: {rep['out_dir']}"]
+    lines.append(f"output directory: {summary['workdir']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
-    del argv
+    cli.check_no_positional(argv)
     if FLAGS.workdir is None:
         raise ValueError("--workdir is required")
     if FLAGS.config is None:
         raise ValueError("give --preset=quick|paper|smoke or --config=FILE")
     sweep = FLAGS.config
+    check_config(sweep)
     index, count = grid.parse_shard(FLAGS.shard)
     if FLAGS.distributed:
         jax.distributed.initialize()
     points = grid.expand(sweep)
     mine = grid.shard(points, index, count)
     if FLAGS.dry_run:
-        print_json(
-            {"points": len(points), "shard": [index, count], "run": [p.as_dict() for p in mine]}
-        )
+        plan = {"points": len(points), "shard": [index, count], "run": [p.as_dict() for p in mine]}
+        cli.emit(plan, dry_run_table)
         return
     workdir = FLAGS.workdir
     path = os.path.join(workdir, results.filename((index, count)))
@@ -127,24 +159,11 @@ def main(argv: list[str]) -> None:
         return
     if FLAGS.report:
         summary["report"] = outputs.write_report(workdir)
-    if FLAGS.json:
+    if JSON.value:
         summary.get("report", {}).pop("table_md", None)
-        print_json(summary)
-        return
-    print(
-        f"results: {path} ({counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped)"
-    )
-    if FLAGS.report:
-        rep = summary["report"]
-        print()
-        print(rep.pop("table_md"))
-        print()
-        print(rep["conclusion"])
-        print()
-        print(f"report: {rep['out_dir']}")
-    print(f"output directory: {workdir}")
+    cli.emit(summary, summary_table)
 
 
 if __name__ == "__main__":
     sys.argv = expand_preset(sys.argv)
-    run(main)
+    cli.run(main)

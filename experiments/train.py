@@ -30,7 +30,7 @@ except (AttributeError, KeyError) as e:  # an override naming no field of the co
 except ValueError as e:
     cli.fail(str(e).splitlines()[0])
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, checkpoints, metrics.")
-_JSON = flags.DEFINE_bool("json", False, "Print final_eval.json instead of a table.")
+_JSON = cli.define_json_flag()  # the JSON is the run's final_eval.json
 
 
 def _log_progress() -> None:
@@ -44,12 +44,27 @@ def _log_progress() -> None:
     )
 
 
+def check_config(config) -> None:
+    """The drivers' bounds on the fields that are flags elsewhere (--scale, --channels)."""
+    cli.check_sr_scale(config.model.scale, "config.model.scale")
+    cli.check_channels(config.model.channels, "config.model.channels")
+
+
+def format_table(result: dict) -> str:
+    lines = [f"step {result['step']}  train time {result['train_time_s']:.0f} s"]
+    if result["eval"]:
+        lines.append(f"{'set':<40} {'PSNR (dB)':>10} {'SSIM':>8}")
+    for name, scores in result["eval"].items():
+        lines.append(f"{name:<40} {scores['psnr']:>10.3f} {scores['ssim']:>8.4f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     _log_progress()
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.check_no_positional(argv)
     if not _WORKDIR.value:
         raise ValueError("--workdir is required")
+    check_config(_CONFIG.value)
     try:
         result = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except training.NonFiniteLossError as e:
@@ -58,13 +73,7 @@ def main(argv: list[str]) -> None:
     except training.Interrupted as e:
         print(f"interrupted: {e}; re-run the same command to resume", file=sys.stderr)
         sys.exit(128 + e.signum)
-    if _JSON.value:
-        cli.print_json(result)
-        return
-    print(f"step {result['step']}  train time {result['train_time_s']:.0f} s")
-    print(f"{'set':<40} {'PSNR (dB)':>10} {'SSIM':>8}")
-    for name, scores in result["eval"].items():
-        print(f"{name:<40} {scores['psnr']:>10.3f} {scores['ssim']:>8.4f}")
+    cli.emit(result, format_table)
 
 
 if __name__ == "__main__":

@@ -63,14 +63,20 @@ def test_tiny_sweep_end_to_end_then_rerun_skips_everything(tmp_path):
 
 
 def test_dry_run_lists_exactly_the_shard(tmp_path):
-    full = run_driver("sweep.py", "--preset=quick", f"--workdir={tmp_path}", "--dry_run")
+    full = run_driver("sweep.py", "--preset=quick", f"--workdir={tmp_path}", "--dry_run", "--json")
     assert full.returncode == 0, full.stderr[-2000:]
     grid = [p["point_id"] for p in json.loads(full.stdout)["run"]]
     assert len(grid) == 12  # 3 families x 2 budgets x 2 seeds
     one = run_driver(
-        "sweep.py", "--preset=quick", f"--workdir={tmp_path}", "--dry_run", "--shard=1/3"
+        "sweep.py", "--preset=quick", f"--workdir={tmp_path}", "--dry_run", "--shard=1/3", "--json"
     )
     assert [p["point_id"] for p in json.loads(one.stdout)["run"]] == grid[1::3]
+    table = run_driver(
+        "sweep.py", "--preset=quick", f"--workdir={tmp_path}", "--dry_run", "--shard=1/3"
+    )  # without --json: a table of the same points
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "4 of 12 points in shard 1/3" in table.stdout
+    assert all(point_id in table.stdout for point_id in grid[1::3])
 
 
 @pytest.mark.parametrize(
@@ -79,6 +85,11 @@ def test_dry_run_lists_exactly_the_shard(tmp_path):
         (("--preset=quick", "--shard=3/2"), "shard must be i/n"),
         (("--preset=quick", "--config=experiments/configs/sweep.py:paper"), "not both"),
         (("--workdir=/nonexistent",), "--preset"),
+        (
+            ("--preset=quick", "--config.model.scale=1"),
+            "config.model.scale must be an integer >= 2",
+        ),
+        (("--preset=quick", "stray"), "unexpected positional arguments: stray"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):

@@ -72,6 +72,9 @@ def assert_usage_error(proc: subprocess.CompletedProcess, *words: str) -> None:
         ("--config.train.patch=50", ("large enough for the HR patch 150x150",)),
         ("--config.model.family=srcnn", ("family", "srcnn")),
         ("--config.model.no_such_field=1", ("no_such_field",)),
+        ("--config.model.scale=1", ("config.model.scale must be an integer >= 2, got 1",)),
+        ("--config.model.channels=2", ("config.model.channels must be 1 (Y) or 3 (RGB)",)),
+        ("stray", ("unexpected positional arguments: stray",)),
     ],
 )
 def test_bad_config_exits_2(data_dir, tmp_path, flag, words):
