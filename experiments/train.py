@@ -35,11 +35,12 @@ _JSON = cli.define_json_flag()  # the JSON is the run's final_eval.json
 
 def _log_progress() -> None:
     """INFO lines from espcn_jax (model size, progress, evaluation) on stderr; libraries (Orbax,
-    TF) stay at WARNING, as cli.run sets them, unless --verbosity was given."""
+    TF, JAX's backend probing) stay at WARNING, as cli.run sets them, unless --verbosity was given.
+    The filter sits on absl's handler, which also prints the records of Python loggers (JAX's)."""
     if flags.FLAGS["verbosity"].present:
         return
     logging.set_verbosity(logging.INFO)
-    logging.get_absl_logger().addFilter(
+    logging.get_absl_handler().addFilter(
         lambda record: record.levelno >= std_logging.WARNING or "espcn_jax" in record.pathname
     )
 

@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.opt = o = ml_collections.ConfigDict()
     o.optimizer = "adam"  # adam or sgd (momentum 0.9)
-    o.lr = 1e-2  # initial (constant, espcn) or peak (cosine) learning rate
+    o.lr = 3e-3  # initial (constant, espcn) or peak (cosine) learning rate (1e-2 diverged at step ~2,500)
     o.final_lr = 1e-5  # learning rate at the last step (espcn, cosine)
     o.schedule = "cosine"  # cosine, espcn (geometric decay lr -> final_lr) or constant
     o.warmup_steps = 200  # linear warm-up from 0 (cosine)
