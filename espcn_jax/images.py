@@ -23,6 +23,16 @@ def quantize(x: jax.Array) -> jax.Array:
     return jnp.floor(jnp.clip(x, 0.0, 255.0) + 0.5)
 
 
+def _rgb_ints(x_HWC: jax.Array) -> jax.Array:
+    """RGB on the last axis as int32 uint8 values (floats quantized as MATLAB's ``uint8()``)."""
+    x = jnp.asarray(x_HWC)
+    if x.shape[-1:] != (3,):
+        raise ValueError(f"x_HWC must have 3 channels (RGB) on its last axis, got shape {x.shape}")
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        x = quantize(x)
+    return x.astype(jnp.int32)
+
+
 def rgb_to_y(x_HWC: jax.Array) -> jax.Array:
     """MATLAB ``rgb2ycbcr`` luma of a uint8 RGB image: ``round(16 + (65.481 R + 128.553 G + 24.966 B)/255)``.
 
@@ -30,12 +40,7 @@ def rgb_to_y(x_HWC: jax.Array) -> jax.Array:
     (``Y * 255000 = 4080000 + 65481 R + 128553 G + 24966 B``) so ties round as MATLAB's does; float
     inputs are first quantized to uint8 values.
     """
-    x = jnp.asarray(x_HWC)
-    if x.shape[-1:] != (3,):
-        raise ValueError(f"x_HWC must have 3 channels (RGB) on its last axis, got shape {x.shape}")
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        x = quantize(x)
-    rgb = x.astype(jnp.int32)
+    rgb = _rgb_ints(x_HWC)
     n = 65481 * rgb[..., 0] + 128553 * rgb[..., 1] + 24966 * rgb[..., 2]
     y = (16 * 255000 + n + 127500) // 255000
     return y.astype(jnp.float32)
@@ -91,12 +96,7 @@ def rgb_to_grey(x_HWC: jax.Array) -> jax.Array:
     weights to three digits), so ``R = G = B = v`` gives ``v``: how an RGB model's output on a grey
     image (fed as ``R = G = B``) becomes grey again. Exact integers; float inputs are quantized first.
     """
-    x = jnp.asarray(x_HWC)
-    if x.shape[-1:] != (3,):
-        raise ValueError(f"x_HWC must have 3 channels (RGB) on its last axis, got shape {x.shape}")
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        x = quantize(x)
-    rgb = x.astype(jnp.int32)
+    rgb = _rgb_ints(x_HWC)
     return ((299 * rgb[..., 0] + 587 * rgb[..., 1] + 114 * rgb[..., 2] + 500) // 1000).astype(
         jnp.float32
     )

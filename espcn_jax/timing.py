@@ -7,6 +7,8 @@ keeps freed memory mapped, so that steady-state calls are timed without page fau
 from __future__ import annotations
 
 import ctypes
+import os
+import platform
 import statistics
 import sys
 import time
@@ -110,4 +112,17 @@ def time_fn(
         "compile_ms": compile_ms,
         "repeats": len(times_ms),
         "minor_faults_per_call": faults,
+    }
+
+
+def device_info() -> dict:
+    """What a benchmark ran on: the first device, the device and CPU counts, JAX's version."""
+    dev = jax.devices()[0]
+    return {
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "jax": jax.__version__,
     }

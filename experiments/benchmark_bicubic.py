@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 
@@ -35,7 +34,7 @@ from jax import lax
 from espcn_jax import bicubic, cli
 from espcn_jax.flops import parse_size
 from espcn_jax.ops import convert_order, pixel_shuffle
-from espcn_jax.timing import time_fn, tune_malloc
+from espcn_jax.timing import device_info, time_fn, tune_malloc
 
 SCALES = cli.define_scales_flag(["2", "3", "4"])
 flags.DEFINE_string("hr_size", "1080x1920", "HR size HxW (rounded down to multiples of r).")
@@ -265,18 +264,6 @@ def bench_scale(cfg: Config, r: int) -> dict:
         row[case] = entry
     row["load_average_1min"] = [load_before, os.getloadavg()[0]]
     return row
-
-
-def device_info() -> dict:
-    dev = jax.devices()[0]
-    return {
-        "platform": dev.platform,
-        "device_kind": dev.device_kind,
-        "device_count": jax.device_count(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "jax": jax.__version__,
-    }
 
 
 def print_table(report: dict) -> None:

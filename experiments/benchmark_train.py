@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import statistics
 import time
 
@@ -38,7 +37,7 @@ from absl import flags
 from flax import nnx
 
 from espcn_jax import cli, data, flops, models, pipeline
-from espcn_jax.timing import tune_malloc
+from espcn_jax.timing import device_info, tune_malloc
 from espcn_jax.training import step as step_lib
 
 SCALE = cli.define_scale_flag()
@@ -315,19 +314,6 @@ def measure_pipeline(cfg: Config, stepper: Stepper, mesh, source: data.Source) -
     }
 
 
-def device_info() -> dict:
-    dev = jax.devices()[0]
-    return {
-        "platform": dev.platform,
-        "device_kind": dev.device_kind,
-        "device_count": jax.device_count(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "jax": jax.__version__,
-        "load_average_1min": os.getloadavg()[0],
-    }
-
-
 def benchmark(cfg: Config) -> dict:
     source = load_source(cfg)  # first: a bad --source fails before any compilation
     mesh = step_lib.make_mesh()
@@ -402,7 +388,7 @@ def main(argv: list[str]) -> None:
     cfg = config_from_flags()
     malloc = tune_malloc() if TUNE_MALLOC.value else None  # first, before JAX allocates
     report = {
-        "device": device_info(),
+        "device": device_info() | {"load_average_1min": os.getloadavg()[0]},
         "config": dataclasses.asdict(cfg) | {"malloc": malloc},
         "notes": NOTES,
         "result": benchmark(cfg),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 
@@ -32,7 +31,7 @@ from espcn_jax import cli, subpixel, xla_cpu
 from espcn_jax.flops import parse_size
 from espcn_jax.layers import FastConvTranspose
 from espcn_jax.ops import pixel_shuffle
-from espcn_jax.timing import time_fn, tune_malloc
+from espcn_jax.timing import device_info, time_fn, tune_malloc
 
 SCALES = cli.define_scales_flag(["2", "3", "4"])
 LR_SIZE = cli.define_lr_size_flag("360x640", "LR input size HxW (640x360 landscape by default).")
@@ -308,18 +307,6 @@ def bench_scale(cfg: Config, r: int) -> dict:
             for name, t in timed.items()
         },
         "load_average_1min": [load_before, os.getloadavg()[0]],
-    }
-
-
-def device_info() -> dict:
-    dev = jax.devices()[0]
-    return {
-        "platform": dev.platform,
-        "device_kind": dev.device_kind,
-        "device_count": jax.device_count(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "jax": jax.__version__,
     }
 
 
