@@ -329,7 +329,7 @@ def measure_latency(
 ) -> dict[str, float]:
     """Forward-pass latency on the default device (``timing.time_fn``: warm-up, median of N).
 
-    The model is split once and ``jax.jit`` merges it inside (STYLE.md: not ``nnx.jit``); the input
+    The model is split once and ``jax.jit`` merges it inside (not ``nnx.jit``, which adds per-call overhead); the input
     is standard-normal float32 of ``lr_shape = (N, h, w, C)``. Milliseconds.
     """
     fwd, state = _forward(model)
