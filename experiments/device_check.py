@@ -69,7 +69,7 @@ QUICK = flags.DEFINE_bool(
     "sweep point without the report, 3 timed steps.",
 )
 OPS_BUDGET = flags.DEFINE_integer(
-    "ops_budget", 150, "Seconds the op tests may take; pytest is interrupted then.", lower_bound=10
+    "ops_budget", 120, "Seconds the op tests may take; pytest is interrupted then.", lower_bound=10
 )
 SWEEP_BUDGET = flags.DEFINE_integer(
     "sweep_budget", 120, "Seconds the smoke sweep may take; it is stopped then.", lower_bound=10
