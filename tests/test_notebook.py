@@ -150,11 +150,22 @@ def test_notebook_installs_the_wheel_and_runs_the_smoke_study(kernel, tmp_path, 
     assert images, "the report's figures are shown inline"
 
 
-def test_unset_install_source_stops_with_one_line(tmp_path, monkeypatch):
-    nb, error = execute(tmp_path, monkeypatch, {"INSTALL_FROM": "", "BACKEND": "cpu"})
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("", "error: set INSTALL_FROM in the Parameters cell"),
+        ("/no/such/espcn_jax.whl", "error: INSTALL_FROM='/no/such/espcn_jax.whl': no such file"),
+        (
+            "https://example.com/espcn_jax",
+            "error: INSTALL_FROM='https://example.com/espcn_jax': a URL must name a git repository",
+        ),
+    ],
+)
+def test_unset_or_bad_install_source_stops_with_one_line(tmp_path, monkeypatch, source, message):
+    nb, error = execute(tmp_path, monkeypatch, {"INSTALL_FROM": source, "BACKEND": "cpu"})
     assert error is not None
     (line,) = error_lines(nb)
-    assert line.startswith("error: set INSTALL_FROM in the Parameters cell"), line
+    assert line.startswith(message), line
     assert not cell_ran(nb, "PROBE =")  # Run all stops at the install cell
 
 
