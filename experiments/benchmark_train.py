@@ -179,8 +179,11 @@ def minimal_stepper(cfg: Config, batch) -> Stepper:
     return Stepper(jax.jit(train, donate_argnums=0), init(params), jax.device_put(batch))
 
 
-def torch_stepper(cfg: Config, batch):
-    """The same step in PyTorch, or None without torch."""
+def torch_stepper(cfg: Config, batch, device: str = "cpu"):
+    """The same step in PyTorch on ``device`` ("cpu", "cuda"), or None without torch.
+
+    On CUDA each step ends in ``torch.cuda.synchronize()``, as each JAX step is blocked on.
+    """
     try:
         import torch
         from torch import nn
@@ -197,10 +200,11 @@ def torch_stepper(cfg: Config, batch):
         nn.Tanh(),
         nn.Conv2d(32, r * r, 3, padding=1),
         nn.PixelShuffle(r),
-    )
+    ).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    lr = torch.from_numpy(batch["lr"].transpose(0, 3, 1, 2).copy())
-    hr = torch.from_numpy(batch["hr"].transpose(0, 3, 1, 2).copy())
+    lr = torch.from_numpy(batch["lr"].transpose(0, 3, 1, 2).copy()).to(device)
+    hr = torch.from_numpy(batch["hr"].transpose(0, 3, 1, 2).copy()).to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
 
     class TorchStepper:
         threads = torch.get_num_threads()
@@ -211,7 +215,10 @@ def torch_stepper(cfg: Config, batch):
             loss = nn.functional.mse_loss(net(lr), hr)
             loss.backward()
             opt.step()
+            sync()
             return None
+
+    TorchStepper.device = device
 
     return TorchStepper()
 
