@@ -117,6 +117,7 @@ def psnr_plot(rows: Sequence[dict], out_dir: epath.Path, axis: str) -> list[str]
         ax.set_title(f"{group}\nbars: {_interval_words(grows)}", fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, out_dir, f"psnr_vs_{axis}")
 
 
@@ -164,10 +165,13 @@ def budget_plot(analysis: dict, out_dir: epath.Path) -> list[str]:
         ax.set_xscale("log")
         ax.set_xlabel("conv MACs per LR pixel (the budget)")
         ax.set_ylabel(f"PSNR (dB) on {report.set_label(s)}")
-        title = f"{group}\n" + ("; ".join(notes) if notes else "curves rise: read in range")
+        title = f"{report.set_label(s)}: {group}\n" + (
+            "; ".join(notes) if notes else "every curve rises: read inside the range"
+        )
         ax.set_title(title, fontsize=7)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, out_dir, "psnr_vs_macs")
 
 
@@ -202,12 +206,15 @@ def convergence_plot(records: Sequence[dict], set_name: str, out_dir: epath.Path
                 label=f"{fam} {report._g(budget)} ({len(curves)} seeds)",
             )
         start = (1 - stats.TAIL_FRACTION) * max(t for c in lines.values() for d in c for t in d)
-        ax.axvspan(start, ax.get_xlim()[1], color="0.9", zorder=0, label="tail (convergence rule)")
+        right = ax.get_xlim()[1]
+        ax.axvspan(start, right, color="0.9", zorder=0, label="tail (convergence rule)")
+        ax.set_xlim(right=right)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"validation PSNR (dB) on {report.set_label(set_name)}, seed mean")
         ax.set_title(group, fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
     return _save(fig, out_dir, "convergence")
 
 

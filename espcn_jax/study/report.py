@@ -760,7 +760,8 @@ def _training_lines(a: dict) -> list[str]:
         )
     for c in conv["controls"]:
         moved = [x for x in c["gaps"] + c["slopes"] if not x["held"]]
-        what = f"{len(c['gaps'])} gap(s) and {len(c['slopes'])} budget slope(s)"
+        n = len(c["gaps"]) + len(c["slopes"])
+        what = f"{n} comparisons ({len(c['gaps'])} family gaps, {len(c['slopes'])} budget slopes)"
         if c["held"]:
             verdict = f"all {what} held"
         else:
@@ -906,14 +907,13 @@ def _race_lines(a: dict, s: str, detail: bool = False) -> list[str]:
             )
         return lines
     for _group, cells in _by_group(ps["lr_deconv"]).items():
-        checks = [d["equivalence"] for d in cells]
         verdicts = {}
         for d in cells:
             verdicts[_deconv_text(d)] = verdicts.get(_deconv_text(d), 0) + 1
         summary = "; ".join(f"{v} at {k} of {len(cells)} budgets" for v, k in verdicts.items())
         lines.append(
-            f"{tag} {cells[0]['group']}: lr vs deconv (same function class, an equivalence check, "
-            f"{checks[0]['stat'].label}): lr - deconv "
+            f"{tag} {cells[0]['group']}: lr vs deconv (same function class, an equivalence "
+            f"check): lr - deconv "
             f"{_cells_text([(d['budget'], d['equivalence']['stat']) for d in cells])}: {summary}."
         )
     return lines
@@ -1054,7 +1054,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
             f"{_num(r['n_images'], 'd')} | {_row_stat(r)} | {r['psnr_interval']} | "
             f"{_num(r['ssim'], '.4f')} | {_num(r['train_psnr'], '.3f')} | "
             f"{_num(r['tail_gain_db'], '+.3f')} | {r['peak_lr'] or 'n/a'} | "
-            f"{_num(r['params'], ',')} | {_num(r['conv_macs_per_lr_pixel'], '.3g')} | "
+            f"{_num(r['params'], ',')} | {_g(r['conv_macs_per_lr_pixel'] or math.nan)} | "
             f"{_num(r['gflops_xla'], '.3g')} | {_num(r['latency_ms'], '.3g')} | "
             f"{_num(r['receptive_field_lr'], '')} |"
         )
