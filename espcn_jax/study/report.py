@@ -115,6 +115,16 @@ def per_image(record: dict, set_name: str) -> dict[str, float] | None:
     return dict(zip(images["names"], images["psnr"], strict=True))
 
 
+def budget_unit(records: Sequence[dict]) -> str:
+    """The grid budget's unit in words: ``MACs/LR px`` (conv MACs per LR pixel, the default);
+    another metric is named as it is (``flops per image``), never called MACs."""
+    metrics = {r.get("budget_metric", "conv_macs") for r in records}
+    units = {r.get("budget_unit", "lr_pixel") for r in records}
+    if metrics == {"conv_macs"} and units == {"lr_pixel"}:
+        return "MACs/LR px"
+    return f"{'/'.join(sorted(metrics))} per {'/'.join(sorted(units))}"
+
+
 def _family_key(family: str) -> tuple:
     return (FAMILY_ORDER.index(family) if family in FAMILY_ORDER else 99, family)
 
@@ -682,6 +692,7 @@ def analyse(records: Iterable[dict], latency: dict | None = None) -> dict:
         "convergence": convergence(ok, sets[0]) if ok else None,
         "latency_ratios": latency_ratios(ok, lat),
         "bicubic": ok[0].get("bicubic") if ok else None,
+        "budget_unit": budget_unit(ok),
     }
     a["conclusion_lines"] = conclusion_lines(a)
     a["conclusion"] = "\n".join(f"- {line}" for line in a["conclusion_lines"])
@@ -738,7 +749,7 @@ def _training_lines(a: dict) -> list[str]:
     else:
         bad = [g for g in measured if not g["converged"]]
         worst = max((g["worst"] for g in measured), key=lambda w: w[0])
-        where = f"{worst[1]}, {_g(worst[2])} MACs/LR px"
+        where = f"{worst[1]}, budget {_g(worst[2])} {a['budget_unit']}"
         tail = f"{stats.TAIL_FRACTION:.0%}"
         if bad:
             conv_text = (
@@ -843,6 +854,12 @@ def _by_group(rows: Iterable[dict]) -> dict:
     return out
 
 
+def _count_range(counts: Iterable[int]) -> str:
+    counts = list(counts)
+    lo, hi = min(counts), max(counts)
+    return f"{lo}" if lo == hi else f"{lo} to {hi}"
+
+
 def _curve_lines(a: dict, s: str, tag: str) -> list[str]:
     lines = []
     for group, curves in _by_group(a["per_set"][s]["curves"]).items():
@@ -852,7 +869,8 @@ def _curve_lines(a: dict, s: str, tag: str) -> list[str]:
             slopes = ", ".join(f"{c['family']} {c['slope_per_doubling']:+.3f}" for c in curves)
             lines.append(
                 f"{tag} {label}: PSNR rises with MACs for every family ({len(curves[0]['macs'])} "
-                f"budgets, {span:.3g}x); least-squares gain per doubling of MACs (seed means): "
+                f"budgets, {span:.3g}x); least-squares gain per doubling of MACs (seed means, "
+                f"{_count_range(len(x) for c in curves for x in c['seed_psnr'])} seeds): "
                 f"{slopes} dB, {_qualifier(a, group)}."
             )
         else:
@@ -881,14 +899,14 @@ def _race_lines(a: dict, s: str, detail: bool = False) -> list[str]:
         if detail:
             for d in ps["differences"][x, y]:
                 lines.append(
-                    f"{tag} {d['group']}, {_g(d['budget'])} MACs/LR px: {x} - {y} = "
+                    f"{tag} {d['group']}, {_g(d['budget'])} {a['budget_unit']}: {x} - {y} = "
                     f"{d['seeds'].text()}; {_images_text(d)}; {d['verdict']}, "
                     f"{_qualifier(a, d['group_key'])}."
                 )
             continue
         for group, cells in _by_group(ps["differences"][x, y]).items():
             lines.append(
-                f"{tag} {cells[0]['group']}: {x} - {y} at matched MACs per LR px, "
+                f"{tag} {cells[0]['group']}: {x} - {y} at matched {a['budget_unit']}, "
                 f"{_cells_text([(d['budget'], d['seeds']) for d in cells])}; "
                 f"{_images_compact(cells)}; {_verdicts(cells)}, {_qualifier(a, group)}."
             )
@@ -901,7 +919,7 @@ def _race_lines(a: dict, s: str, detail: bool = False) -> list[str]:
     if detail:
         for d in ps["lr_deconv"]:
             lines.append(
-                f"{tag} {d['group']}, {_g(d['budget'])} MACs/LR px, lr vs deconv (same function "
+                f"{tag} {d['group']}, {_g(d['budget'])} {a['budget_unit']}, lr vs deconv (same function "
                 f"class, an equivalence check): lr - deconv = {d['equivalence']['stat'].text()}: "
                 f"{_deconv_text(d)}; {_images_text(d)}."
             )
@@ -974,13 +992,19 @@ def _latency_lines(a: dict) -> list[str]:
     return lines
 
 
+def _budget_span(budgets: Sequence[float]) -> str:
+    if budgets[0] == budgets[-1]:
+        return f"the one budget {_g(budgets[0])}"
+    return f"budgets {_g(budgets[0])} to {_g(budgets[-1])}"
+
+
 def _limits_line(a: dict) -> str:
     ok = a["ok"]
     budgets = sorted({r["budget"] for r in ok})
     depths = sorted({r.get("depth") for r in ok})
     scales = sorted({(r.get("model") or {}).get("scale") for r in ok} - {None})
     cannot = [
-        f"anything outside budgets {_g(budgets[0])} to {_g(budgets[-1])} MACs/LR px, depth(s) "
+        f"anything outside {_budget_span(budgets)} {a['budget_unit']}, depth(s) "
         f"{', '.join(map(str, depths))}"
         + (f", scale x{', x'.join(map(str, scales))}" if scales else "")
         + " and the training data used"
@@ -989,7 +1013,8 @@ def _limits_line(a: dict) -> str:
         cannot.append("whether a gap or slope would hold with longer training (no control held)")
     if any(row["n_seeds"] < stats.MIN_SEEDS_FOR_INTERVAL for row in a["rows"]):
         cannot.append(
-            f"a confidence interval over seeds where a cell has < {stats.MIN_SEEDS_FOR_INTERVAL}"
+            "a confidence interval over seeds where a cell has fewer than "
+            f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds"
         )
     if any(row["n_images"] is None for row in a["rows"]):
         cannot.append("how differences spread over images where per-image scores are missing")
