@@ -355,3 +355,30 @@ def test_conclusion_is_a_list_of_short_claims_with_basis():
     assert any("Extrapolation:" in line for line in lines)
     assert any(line.startswith("- The grid cannot say:") for line in lines)
     assert "FLOPs" not in a["conclusion"] and "MACs" in a["conclusion"]
+
+
+def test_a_missing_point_leaves_its_seed_out_of_the_pairs():
+    """hr seed 2 at 3e4 failed: that cell pairs 2 seeds (seed range), the curves drop seed 2 from
+    the per-seed readings, and nothing raises."""
+    recs = [
+        r for r in make(log_curve({"lr": 1e3, "hr": 4e3})) if r["point_id"] != "hr-30000-2-1000"
+    ]
+    a = report.analyse(recs)
+    cells = a["per_set"][VAL]["differences"]["lr", "hr"]
+    assert [d["seeds"].n for d in cells] == [3, 2, 3]
+    assert cells[1]["seeds"].kind == stats.SEED_RANGE
+    e = a["per_set"][VAL]["equivalences"]["lr", "hr"][0]
+    assert e["n_seeds"] == 2 and e["readings"][0]["interval"]["kind"] == stats.SEED_RANGE
+    m = a["per_set"][VAL]["matched_latency"]["lr", "hr"][0]
+    assert all(r["stat"] is None or r["stat"].n == 2 for r in m["readings"])
+
+
+def test_rf_match_words_and_old_boolean():
+    recs = make(log_curve({"lr": 1e3, "hr": 4e3}), budgets=(1e4,))
+    for r in recs:
+        r.pop("rf_match")
+        r["match_rf"] = True
+    assert "hr kernels x r" in report.analyse(recs)["conclusion"]
+    for r in recs:
+        r["rf_match"] = "dilate"
+    assert "hr RF matched by dilation" in report.analyse(recs)["conclusion"]

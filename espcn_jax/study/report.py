@@ -137,6 +137,12 @@ def _index(records: Sequence[dict]) -> dict:
     return out
 
 
+def _lr(record: dict) -> str:
+    """The peak learning rate a point trained with, as text (``0.003``)."""
+    x = record["lr"]
+    return f"{x:g}" if isinstance(x, int | float) else str(x)
+
+
 def _mean(values) -> float:
     values = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(values)) if values else math.nan
@@ -212,7 +218,7 @@ def table_rows(records: Sequence[dict], set_name: str | None = None, lat: dict |
                 tl, tl_sd = stats.mean_std([r.get("train_loss_psnr", math.nan) for r in recs])
                 images = [per_image(r, set_name) for r in recs]
                 n_images = len(images[0]) if images and images[0] else None
-                lrs = sorted({r["lr"] for r in recs if r.get("lr") is not None})
+                lrs = sorted({_lr(r) for r in recs if r.get("lr") is not None})
                 rows.append(
                     {
                         "set": set_name,
@@ -238,7 +244,7 @@ def table_rows(records: Sequence[dict], set_name: str | None = None, lat: dict |
                         "train_psnr": tl,
                         "train_psnr_std": tl_sd,
                         "tail_gain_db": _mean(gains.get(r["point_id"]) for r in recs),
-                        "peak_lr": "/".join(f"{x:g}" for x in lrs) if lrs else None,
+                        "peak_lr": "/".join(lrs) if lrs else None,
                         "params": recs[0].get("params"),
                         "conv_macs_per_lr_pixel": recs[0].get("conv_macs_per_lr_pixel"),
                         "gflops": _mean(r.get("flops") for r in recs) / 1e9,
@@ -498,10 +504,17 @@ def matched_latency(
                 continue
             diffs = []
             for s in sorted(set(cells[x][a]) & seeds_b):
+                if any(score(cells[y][b][s], set_name) is None for y in budgets):
+                    continue
+                if score(cells[x][a][s], set_name) is None:
+                    continue
                 curve = stats.Curve(
                     tuple(lat_b), tuple(score(cells[y][b][s], set_name) for y in budgets)
                 )
                 diffs.append(score(cells[x][a][s], set_name) - curve.at(lat_a))
+            if not diffs:
+                row["readings"].append(reading | {"status": "no paired seeds", "stat": None})
+                continue
             row["readings"].append(reading | {"status": "in range", "stat": stats.seed_stat(diffs)})
         out.append(row)
     return out
@@ -731,11 +744,11 @@ def _training_lines(a: dict) -> list[str]:
     lrs = defaultdict(set)
     for r in ok:
         if r.get("lr") is not None:
-            lrs[r["family"]].add(r["lr"])
+            lrs[r["family"]].add(_lr(r))
     lr_text = (
         "; peak learning rate "
         + ", ".join(
-            f"{f} {'/'.join(f'{x:g}' for x in sorted(v))}"
+            f"{f} {'/'.join(sorted(v))}"
             for f, v in sorted(lrs.items(), key=lambda kv: _family_key(kv[0]))
         )
         if lrs
@@ -975,6 +988,8 @@ def _latency_text(m: dict) -> str:
         at = f"{m['a']} at {_g(r['budget'])} ({_g(r['latency_a_ms'])} ms)"
         if r["status"] == "in range":
             parts.append(f"{at}: {r['stat'].text()}")
+        elif r["status"] == "no paired seeds":
+            parts.append(f"{at}: no seed of {m['b']} was trained at every budget, not read")
         else:
             lo, hi = r["range_b"]
             parts.append(f"{at}: outside {m['b']}'s measured {_g(lo)} to {_g(hi)} ms, not read")
