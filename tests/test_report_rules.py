@@ -382,3 +382,42 @@ def test_rf_match_words_and_old_boolean():
     for r in recs:
         r["rf_match"] = "dilate"
     assert "hr RF matched by dilation" in report.analyse(recs)["conclusion"]
+
+
+def _with_role(recs, role, suffix):
+    return [dict(r, role=role, point_id=r["point_id"] + suffix) for r in recs]
+
+
+def test_a_control_at_one_budget_licenses_capacity_there_only():
+    grid = _with_role(make(_gap(True), curve_gain=lambda *_: 0.0), "grid", "")
+    control = _with_role(
+        make(_gap(True), budgets=(1e4,), steps=(4000,), curve_gain=lambda *_: 0.0), "control", "-c"
+    )
+    a = report.analyse(grid + control)
+    (c,) = a["convergence"]["controls"]
+    assert c["held"] and c["budgets"] == [1e4] and c["slopes"] == []
+    text = a["conclusion"]
+    assert "depth 3, 4,000 steps, residual on, convergence control" in text
+    assert "held from 1,000 to 4,000 steps at 1e4 (a capacity difference there; elsewhere at " in (
+        text
+    )
+    # no slope was compared (one control budget): the budget curves stay at this length
+    curve_line = [ln for ln in text.splitlines() if "PSNR rises with MACs" in ln][0]
+    assert curve_line.endswith("at this training length (1,000 steps).")
+
+
+def test_equivalence_points_do_not_collide_with_the_grid_and_lr_search_is_left_out():
+    grid = _with_role(make(log_curve({"lr": 1e3, "hr": 4e3}), budgets=(1e4,)), "grid", "")
+
+    def same(family, budget, seed, image, steps):
+        return 30.0 + 0.001 * seed * (family == "deconv")
+
+    eq = _with_role(make(same, families=("lr", "deconv"), budgets=(1e4,)), "equivalence", "-e")
+    search = _with_role(make(same, families=("lr", "hr"), budgets=(1e4,)), "lr_search", "-s")
+    a = report.analyse(grid + eq + search)
+    lr_rows = [r for r in a["rows"] if r["family"] == "lr"]
+    assert sorted(round(r["psnr"], 1) for r in lr_rows) == [26.0, 30.0]  # grid and equivalence
+    assert len(a["ok"]) == len(grid) + len(eq)
+    text = a["conclusion"]
+    assert "lr and deconv from the same start: lr vs deconv (same function class" in text
+    assert "equivalent within ±0.05 dB at 1 of 1 budgets" in text

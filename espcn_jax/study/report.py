@@ -25,7 +25,14 @@ import numpy as np
 
 from espcn_jax.study import results, stats
 
-GROUP_KEYS = ("depth", "steps", "residual", "rf_match", "setting")
+GROUP_KEYS = ("depth", "steps", "residual", "rf_match", "setting", "role")
+ROLE_WORDS = {
+    None: "",
+    "grid": "",
+    "control": ", convergence control",
+    "equivalence": ", lr and deconv from the same start",
+}
+EXCLUDED_ROLES = ("lr_search",)  # trained to choose a learning rate: not part of the comparisons
 PAIRS = (("lr", "hr"), ("deconv", "hr"), ("lr", "deconv"))
 RACE_PAIRS = (("lr", "hr"), ("deconv", "hr"))  # lr vs deconv is an equivalence check instead
 FAMILY_ORDER = ("lr", "deconv", "hr", "lr_tied")
@@ -36,8 +43,9 @@ RF_WORDS = {"none": "", "dilate": ", hr RF matched by dilation", "kernel": ", hr
 
 
 def split(records: Iterable[dict]) -> tuple[list[dict], list[dict]]:
-    """The latest record of each point, as ``(ok, failed)``."""
-    latest = list(results.latest(records).values())
+    """The latest record of each point, as ``(ok, failed)``; learning-rate search points (role
+    ``lr_search``) are left out: they chose a rate and are not part of the comparisons."""
+    latest = [r for r in results.latest(records).values() if r.get("role") not in EXCLUDED_ROLES]
     ok = [r for r in latest if r.get("status") == results.STATUS_OK]
     failed = [r for r in latest if r.get("status") != results.STATUS_OK]
     return ok, failed
@@ -57,13 +65,15 @@ def group_of(record: dict) -> tuple:
         record.get("residual"),
         rf_match_of(record),
         record.get("setting"),
+        record.get("role"),
     )
 
 
 def group_label(group: tuple, settings: int = 1) -> str:
-    depth, steps, residual, rf_match, setting = group
+    depth, steps, residual, rf_match, setting, role = group
     label = f"depth {depth}, {_int(steps)} steps, residual {'on' if residual else 'off'}"
     label += RF_WORDS.get(rf_match, f", rf_match {rf_match}")
+    label += ROLE_WORDS.get(role, f", role {role}")
     if settings > 1:
         label += f", setting {setting}"
     return label
@@ -149,40 +159,62 @@ def _mean(values) -> float:
 
 
 def _settings(index) -> int:
-    return len({g[-1] for g in index})
+    return len({g[4] for g in index})
 
 
 # --- latency --------------------------------------------------------------------------------------
 
-INTERLEAVED, PER_POINT = "interleaved", "per point"
+INTERLEAVED, PER_POINT, MIXED = "interleaved", "per point", "mixed"
 
 
 def latency_source(records: Sequence[dict], interleaved: dict | None) -> dict:
-    """``{"by_point": {point_id: ms}, "source": ..., "label": ...}``: ``latency.json`` (every
-    point timed interleaved in one process) where it covers every point, else the records' own
-    point-by-point timings, labelled so."""
+    """``{"by_point": {point_id: ms}, "interleaved": {point_id, ...}, "source", "label"}``: each
+    point's latency from ``latency.json`` (every model timed interleaved in one process) where it
+    has the point, else the record's own point-by-point timing; ``source`` says which holds for
+    all points (``interleaved``, ``per point``) or ``mixed``."""
     points = (interleaved or {}).get("points") or {}
-    if records and all(r.get("point_id") in points for r in records):
-        lat = interleaved
-        label = (
-            f"timed interleaved in one process (latency.json: median of "
-            f"{lat.get('repeats', '?')} repeats x {lat.get('rounds', '?')} rounds at LR "
-            f"{lat.get('lr_size', '?')})"
-        )
-        by_point = {r["point_id"]: float(points[r["point_id"]]["median_ms"]) for r in records}
-        return {"by_point": by_point, "source": INTERLEAVED, "label": label}
-    by_point = {r["point_id"]: r.get("latency_ms") for r in records if r.get("point_id")}
-    label = (
+    by_point, inter = {}, set()
+    for r in records:
+        pid = r.get("point_id")
+        if pid in points and points[pid].get("median_ms") is not None:
+            by_point[pid] = float(points[pid]["median_ms"])
+            inter.add(pid)
+        elif pid is not None:
+            by_point[pid] = r.get("latency_ms")
+    lat = interleaved or {}
+    inter_label = (
+        f"timed interleaved in one process (latency.json: median of {lat.get('repeats', '?')} "
+        f"repeats x {lat.get('rounds', '?')} rounds at LR {lat.get('lr_size', '?')})"
+    )
+    point_label = (
         "timed point by point right after each point trained, not interleaved: ratios across "
         "points are indicative only"
     )
-    return {"by_point": by_point, "source": PER_POINT, "label": label}
+    if records and len(inter) == len(by_point):
+        source, label = INTERLEAVED, inter_label
+    elif not inter:
+        source, label = PER_POINT, point_label
+    else:
+        source = MIXED
+        label = f"{len(inter)} of {len(by_point)} points {inter_label}; the others {point_label}"
+    return {
+        "by_point": by_point,
+        "interleaved": inter,
+        "source": source,
+        "label": label,
+        "labels": {INTERLEAVED: inter_label, PER_POINT: point_label},
+    }
 
 
 def _cell_latency(recs: Iterable[dict], lat: dict) -> float:
     vals = [lat["by_point"].get(r.get("point_id")) for r in recs]
     vals = [v for v in vals if v is not None and math.isfinite(v)]
     return float(np.median(vals)) if vals else math.nan
+
+
+def _cell_source(recs: Iterable[dict], lat: dict) -> str:
+    got = {r.get("point_id") in lat["interleaved"] for r in recs}
+    return INTERLEAVED if got == {True} else PER_POINT if got == {False} else MIXED
 
 
 def _cell_macs(recs: Iterable[dict]) -> float:
@@ -250,7 +282,7 @@ def table_rows(records: Sequence[dict], set_name: str | None = None, lat: dict |
                         "gflops": _mean(r.get("flops") for r in recs) / 1e9,
                         "gflops_xla": _mean(r.get("flops_xla") for r in recs) / 1e9,
                         "latency_ms": _cell_latency(recs, lat),
-                        "latency_source": lat["source"],
+                        "latency_source": _cell_source(recs, lat),
                         "throughput": _mean(r.get("throughput_images_per_s") for r in recs),
                         "memory_mb": _mean(r.get("memory_bytes") for r in recs) / 2**20,
                         "receptive_field_lr": recs[0].get(
@@ -535,6 +567,7 @@ def latency_ratios(records: Sequence[dict], lat: dict) -> list[dict]:
                 if fam == "lr":
                     continue
                 ms = _cell_latency(cell[fam].values(), lat)
+                both = {_cell_source(cell[f].values(), lat) for f in ("lr", fam)}
                 out.append(
                     {
                         "group": group_label(group, settings),
@@ -543,7 +576,7 @@ def latency_ratios(records: Sequence[dict], lat: dict) -> list[dict]:
                         "latency_ms": ms,
                         "lr_latency_ms": base,
                         "ratio": ms / base if base > 0 else math.nan,
-                        "source": lat["source"],
+                        "source": both.pop() if len(both) == 1 else MIXED,
                     }
                 )
     return out
@@ -604,19 +637,29 @@ def convergence(records: Sequence[dict], set_name: str | None = None) -> dict:
         }
     by_base = defaultdict(list)
     for group in index:
-        by_base[(group[0], *group[2:])].append(group)
+        if group[5] in (None, "grid", "control"):  # not the lr/deconv equivalence points
+            by_base[(group[0], group[2], group[3], group[4])].append(group)
     curves = budget_curves(records, set_name)
     controls = []
     for members in by_base.values():
-        members = sorted(members, key=lambda g: g[1])
+        members = sorted(members, key=lambda g: (g[1], str(g[5])))
         for short, long in zip(members, members[1:], strict=False):
-            controls.append(_control(index, curves, short, long, set_name, settings))
-    held = set()
+            if long[1] > short[1]:
+                controls.append(_control(index, curves, short, long, set_name, settings))
+    held: dict[str, dict] = {"gaps": {}, "slopes": {}}
     for c in controls:
-        if c["held"]:
-            held.update({c["short_key"], c["long_key"]})
-    held = {g for g in held if groups[g]["converged"] is not False}
-    return {"set": set_name, "groups": groups, "controls": controls, "held": held}
+        for kind in ("gaps", "slopes"):
+            if c[kind] and all(x["held"] for x in c[kind]):
+                for g in (c["short_key"], c["long_key"]):
+                    if groups[g]["converged"] is not False:
+                        held[kind].setdefault(g, c)
+    return {
+        "set": set_name,
+        "groups": groups,
+        "controls": controls,
+        "held": set(held["gaps"]),
+        "held_by": held,
+    }
 
 
 def _control(index, curves, short, long, set_name, settings) -> dict:
@@ -661,6 +704,7 @@ def _control(index, curves, short, long, set_name, settings) -> dict:
         "short": group_label(short, settings),
         "long": group_label(long, settings),
         "steps": (short[1], long[1]),
+        "budgets": common,
         "k": long[1] / short[1] if short[1] else math.nan,
         "gaps": gaps,
         "slopes": slopes,
@@ -706,6 +750,7 @@ def analyse(records: Iterable[dict], latency: dict | None = None) -> dict:
         "latency_ratios": latency_ratios(ok, lat),
         "bicubic": ok[0].get("bicubic") if ok else None,
         "budget_unit": budget_unit(ok),
+        "_budgets": {g: tuple(cells) for g, cells in _index(ok).items()},
     }
     a["conclusion_lines"] = conclusion_lines(a)
     a["conclusion"] = "\n".join(f"- {line}" for line in a["conclusion_lines"])
@@ -720,16 +765,22 @@ def _g(x: float) -> str:
     return f"{x:.3g}".replace("e+0", "e").replace("e+", "e")
 
 
-def _qualifier(a: dict, group: tuple) -> str:
-    """How far a statement about ``group`` reaches: capacity only where a control held."""
+def _qualifier(a: dict, group: tuple, kind: str = "gaps") -> str:
+    """How far a statement about ``group`` reaches: a difference of capacity only where a
+    longer-training control held (``kind``: the family ``gaps`` or the budget ``slopes``), and
+    only at the control's budgets; otherwise at this training length."""
+    here = f"at this training length ({_int(group[1])} steps)"
     conv = a["convergence"]
-    if conv and group in conv["held"]:
-        ctl = [
-            c for c in conv["controls"] if c["held"] and group in (c["short_key"], c["long_key"])
-        ]
-        lo, hi = ctl[0]["steps"]
-        return f"held from {_int(lo)} to {_int(hi)} steps, so a capacity difference"
-    return f"at this training length ({_int(group[1])} steps)"
+    c = (conv or {}).get("held_by", {}).get(kind, {}).get(group)
+    if c is None:
+        return here
+    lo, hi = c["steps"]
+    what = "a capacity difference" if kind == "gaps" else "a budget curve of capacity"
+    own = sorted({b for b in a["_budgets"].get(group, ())})
+    if set(own) <= set(c["budgets"]):
+        return f"held from {_int(lo)} to {_int(hi)} steps, so {what}"
+    at = ", ".join(_g(b) for b in c["budgets"])
+    return f"held from {_int(lo)} to {_int(hi)} steps at {at} ({what} there; elsewhere {here})"
 
 
 def _images_text(d: dict) -> str:
@@ -884,7 +935,7 @@ def _curve_lines(a: dict, s: str, tag: str) -> list[str]:
                 f"{tag} {label}: PSNR rises with MACs for every family ({len(curves[0]['macs'])} "
                 f"budgets, {span:.3g}x); least-squares gain per doubling of MACs (seed means, "
                 f"{_count_range(len(x) for c in curves for x in c['seed_psnr'])} seeds): "
-                f"{slopes} dB, {_qualifier(a, group)}."
+                f"{slopes} dB, {_qualifier(a, group, 'slopes')}."
             )
         else:
             why = "; ".join(f"{c['family']}: {c['reason']}" for c in curves if c["reason"])
@@ -975,7 +1026,7 @@ def _equivalence_text(a: dict, e: dict) -> str:
     return (
         f"{head}, read inside {e['b']}'s measured {_g(lo)} to {_g(hi)} MACs/LR px: "
         + "; ".join(parts)
-        + f"; {_qualifier(a, e['group_key'])}"
+        + f"; {_qualifier(a, e['group_key'], 'slopes')}"
     )
 
 
@@ -999,11 +1050,13 @@ def _latency_text(m: dict) -> str:
 def _latency_lines(a: dict) -> list[str]:
     by = defaultdict(list)
     for r in a["latency_ratios"]:
-        by[(r["group"], r["family"])].append(r)
+        by[(r["group"], r["family"], r["source"])].append(r)
     lines = []
-    for (group, fam), rs in by.items():
+    labels = a["latency"]["labels"]
+    for (group, fam, source), rs in by.items():
         ratios = ", ".join(f"{r['ratio']:.3g}x at {_g(r['budget'])}" for r in rs)
-        lines.append(f"Latency {fam}/lr, {group}: {ratios} ({a['latency']['label']}).")
+        label = labels.get(source, "the two families timed differently: not comparable")
+        lines.append(f"Latency {fam}/lr, {group}: {ratios} ({label}).")
     return lines
 
 
