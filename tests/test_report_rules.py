@@ -167,7 +167,10 @@ def test_falling_latency_means_matched_latency_cannot_say():
     m = a["per_set"][VAL]["matched_latency"]["lr", "hr"][0]
     assert m["readings"] == []
     assert "hr's latency does not rise with its budget (375 -> 337 ms" in m["reason"]
-    assert "matched latency: cannot say: hr's latency does not rise" in a["conclusion"]
+    assert (
+        "matched latency (timed per point): cannot say: hr's latency does not rise"
+        in (a["conclusion"])
+    )
 
 
 def test_rising_latency_is_read_inside_the_range_only():
@@ -350,7 +353,7 @@ def test_conclusion_is_a_list_of_short_claims_with_basis():
     a = report.analyse(make(log_curve({"lr": 1e3, "hr": 4e3})))
     lines = a["conclusion"].splitlines()
     assert all(line.startswith("- ") for line in lines)
-    assert lines[0].startswith("- Training length: 1,000 steps per point")
+    assert lines[0].startswith("- Training length in steps: 1,000 (grid); peak learning rate")
     assert any(line.startswith("- Basis: 18 completed points") for line in lines)
     assert any("Extrapolation:" in line for line in lines)
     assert any(line.startswith("- The grid cannot say:") for line in lines)

@@ -179,16 +179,19 @@ def convergence_plot(records: Sequence[dict], set_name: str, out_dir: epath.Path
     """Validation PSNR on ``set_name`` against training step from each point's ``curve``: per
     group, the seed mean of every family and budget (records without curves are left out)."""
     groups: dict = defaultdict(lambda: defaultdict(list))
+    train: dict = defaultdict(lambda: defaultdict(list))
     for r in records:
         pts = [
             (c["step"], c["eval"][set_name]["psnr"])
             for c in r.get("curve") or []
             if (c.get("eval") or {}).get(set_name, {}).get("psnr") is not None
         ]
+        label = report.group_label(report.group_of(r))
         if len(pts) >= 2:
-            groups[report.group_label(report.group_of(r))][(r["family"], r["budget"])].append(
-                dict(pts)
-            )
+            groups[label][(r["family"], r["budget"])].append(dict(pts))
+        fit = [(c["step"], c["train_psnr"]) for c in r.get("curve") or [] if c.get("train_psnr")]
+        if len(fit) >= 2:
+            train[label][(r["family"], r["budget"])].append(dict(fit))
     if not groups:
         return []
     fig, axes = _panels(len(groups))
@@ -205,12 +208,26 @@ def convergence_plot(records: Sequence[dict], set_name: str, out_dir: epath.Path
                 alpha=0.35 + 0.65 * (budgets.index(budget) + 1) / len(budgets),
                 label=f"{fam} {report._g(budget)} ({len(curves)} seeds)",
             )
+        for (fam, budget), curves in sorted(train[group].items()):
+            if budget not in budgets:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            ax.plot(
+                steps,
+                [np.mean([c[t] for c in curves]) for t in steps],
+                color=COLORS.get(fam),
+                linestyle=":",
+                linewidth=1,
+                alpha=0.35 + 0.65 * (budgets.index(budget) + 1) / len(budgets),
+            )
         start = (1 - stats.TAIL_FRACTION) * max(t for c in lines.values() for d in c for t in d)
         right = ax.get_xlim()[1]
         ax.axvspan(start, right, color="0.9", zorder=0, label="tail (convergence rule)")
         ax.set_xlim(right=right)
         ax.set_xlabel("training step")
-        ax.set_ylabel(f"validation PSNR (dB) on {report.set_label(set_name)}, seed mean")
+        ax.set_ylabel(
+            f"PSNR (dB), seed mean: {report.set_label(set_name)} (solid), training subset (dotted)"
+        )
         ax.set_title(group, fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
@@ -304,7 +321,8 @@ def sample_grid(
     """
     if not records:
         return []
-    group = sorted({report.group_of(r) for r in records}, key=str)[0]
+    groups = {report.group_of(r) for r in records}
+    group = sorted(groups, key=lambda g: (g[-1] not in (None, "grid"), str(g)))[0]
     recs = [r for r in records if report.group_of(r) == group]
     budget = max(r["budget"] for r in recs)
     chosen = {}

@@ -32,6 +32,7 @@ ROLE_WORDS = {
     "control": ", convergence control",
     "equivalence": ", lr and deconv from the same start",
 }
+ROLE_NAMES = {"grid": "grid", "control": "convergence control", "equivalence": "lr/deconv check"}
 EXCLUDED_ROLES = ("lr_search",)  # trained to choose a learning rate: not part of the comparisons
 PAIRS = (("lr", "hr"), ("deconv", "hr"), ("lr", "deconv"))
 RACE_PAIRS = (("lr", "hr"), ("deconv", "hr"))  # lr vs deconv is an equivalence check instead
@@ -495,7 +496,9 @@ def matched_latency(
         if not budgets:
             continue
         row = {"set": set_name, "group_key": group, "group": group_label(group, settings)}
+        sources = {_cell_source(cells[x][f].values(), lat) for x in budgets for f in (a, b)}
         row |= {"a": a, "b": b, "reason": None, "readings": []}
+        row["source"] = sources.pop() if len(sources) == 1 else MIXED
         if len(budgets) < 2:
             out.append(row | {"reason": f"{len(budgets)} budget: no latency curve to read"})
             continue
@@ -571,6 +574,7 @@ def latency_ratios(records: Sequence[dict], lat: dict) -> list[dict]:
                 out.append(
                     {
                         "group": group_label(group, settings),
+                        "role": group[5],
                         "budget": budget,
                         "family": fam,
                         "latency_ms": ms,
@@ -791,7 +795,14 @@ def _images_text(d: dict) -> str:
 
 def _training_lines(a: dict) -> list[str]:
     ok, conv = a["ok"], a["convergence"]
-    steps = sorted({r.get("steps") for r in ok if r.get("steps") is not None})
+    by_role = defaultdict(set)
+    for r in ok:
+        if r.get("steps") is not None:
+            by_role[r.get("role") or "grid"].add(r["steps"])
+    steps = "; ".join(
+        f"{', '.join(_int(x) for x in sorted(v))} ({ROLE_NAMES.get(role, role)})"
+        for role, v in sorted(by_role.items(), key=lambda kv: kv[0] != "grid")
+    )
     lrs = defaultdict(set)
     for r in ok:
         if r.get("lr") is not None:
@@ -805,7 +816,7 @@ def _training_lines(a: dict) -> list[str]:
         if lrs
         else "; peak learning rate not recorded per point"
     )
-    lines = [f"Training length: {', '.join(_int(s) for s in steps)} steps per point{lr_text}."]
+    lines = [f"Training length in steps: {steps}{lr_text}."]
     states = [g for g in conv["groups"].values()]
     measured = [g for g in states if g["converged"] is not None]
     if not measured:
@@ -924,9 +935,9 @@ def _count_range(counts: Iterable[int]) -> str:
     return f"{lo}" if lo == hi else f"{lo} to {hi}"
 
 
-def _curve_lines(a: dict, s: str, tag: str) -> list[str]:
+def _curve_lines(a: dict, s: str, tag: str, keep=lambda row: True) -> list[str]:
     lines = []
-    for group, curves in _by_group(a["per_set"][s]["curves"]).items():
+    for group, curves in _by_group(filter(keep, a["per_set"][s]["curves"])).items():
         label = curves[0]["group"]
         if all(c["reason"] is None for c in curves):
             span = max(c["macs"][-1] / c["macs"][0] for c in curves)
@@ -974,11 +985,15 @@ def _race_lines(a: dict, s: str, detail: bool = False) -> list[str]:
                 f"{_cells_text([(d['budget'], d['seeds']) for d in cells])}; "
                 f"{_images_compact(cells)}; {_verdicts(cells)}, {_qualifier(a, group)}."
             )
-    lines += _curve_lines(a, s, tag)
+
+    def main(row: dict) -> bool:  # the conclusion reads curves of the grid's own groups only
+        return detail or row["group_key"][5] in (None, "grid")
+
+    lines += _curve_lines(a, s, tag, main)
     for pair in shown:
-        for e in ps["equivalences"][pair]:
+        for e in filter(main, ps["equivalences"][pair]):
             lines.append(f"{tag} {e['group']}: {_equivalence_text(a, e)}.")
-        for m in ps["matched_latency"][pair]:
+        for m in filter(main, ps["matched_latency"][pair]):
             lines.append(f"{tag} {m['group']}: {_latency_text(m)}.")
     if detail:
         for d in ps["lr_deconv"]:
@@ -1031,7 +1046,7 @@ def _equivalence_text(a: dict, e: dict) -> str:
 
 
 def _latency_text(m: dict) -> str:
-    head = f"{m['a']} - {m['b']} at matched latency"
+    head = f"{m['a']} - {m['b']} at matched latency (timed {m['source']})"
     if m["reason"]:
         return f"{head}: cannot say: {m['reason']}"
     parts = []
@@ -1050,7 +1065,8 @@ def _latency_text(m: dict) -> str:
 def _latency_lines(a: dict) -> list[str]:
     by = defaultdict(list)
     for r in a["latency_ratios"]:
-        by[(r["group"], r["family"], r["source"])].append(r)
+        if r["role"] in (None, "grid"):
+            by[(r["group"], r["family"], r["source"])].append(r)
     lines = []
     labels = a["latency"]["labels"]
     for (group, fam, source), rs in by.items():
