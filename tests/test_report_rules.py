@@ -424,3 +424,18 @@ def test_equivalence_points_do_not_collide_with_the_grid_and_lr_search_is_left_o
     text = a["conclusion"]
     assert "lr and deconv from the same start: lr vs deconv (same function class" in text
     assert "equivalent within ±0.05 dB at 1 of 1 budgets" in text
+
+
+def test_cell_claims_outside_the_control_budgets_stay_at_this_length():
+    grid = _with_role(make(_gap(True), curve_gain=lambda *_: 0.0), "grid", "")
+    control = _with_role(
+        make(_gap(True), budgets=(1e4,), steps=(4000,), curve_gain=lambda *_: 0.0), "control", "-c"
+    )
+    a = report.analyse(grid + control)
+    detail = report._race_lines(a, VAL, detail=True)
+    at = {
+        b: [ln for ln in detail if f"1,000 steps, residual on, {b} MACs/LR px: lr - hr" in ln][0]
+        for b in ("1e4", "3e4")
+    }
+    assert at["1e4"].endswith("held from 1,000 to 4,000 steps, so a capacity difference.")
+    assert at["3e4"].endswith("at this training length (1,000 steps).")

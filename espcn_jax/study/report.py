@@ -769,7 +769,7 @@ def _g(x: float) -> str:
     return f"{x:.3g}".replace("e+0", "e").replace("e+", "e")
 
 
-def _qualifier(a: dict, group: tuple, kind: str = "gaps") -> str:
+def _qualifier(a: dict, group: tuple, kind: str = "gaps", budget: float | None = None) -> str:
     """How far a statement about ``group`` reaches: a difference of capacity only where a
     longer-training control held (``kind``: the family ``gaps`` or the budget ``slopes``), and
     only at the control's budgets; otherwise at this training length."""
@@ -780,7 +780,9 @@ def _qualifier(a: dict, group: tuple, kind: str = "gaps") -> str:
         return here
     lo, hi = c["steps"]
     what = "a capacity difference" if kind == "gaps" else "a budget curve of capacity"
-    own = sorted({b for b in a["_budgets"].get(group, ())})
+    if budget is not None and budget not in c["budgets"]:
+        return here
+    own = [budget] if budget is not None else sorted(a["_budgets"].get(group, ()))
     if set(own) <= set(c["budgets"]):
         return f"held from {_int(lo)} to {_int(hi)} steps, so {what}"
     at = ", ".join(_g(b) for b in c["budgets"])
@@ -976,7 +978,7 @@ def _race_lines(a: dict, s: str, detail: bool = False) -> list[str]:
                 lines.append(
                     f"{tag} {d['group']}, {_g(d['budget'])} {a['budget_unit']}: {x} - {y} = "
                     f"{d['seeds'].text()}; {_images_text(d)}; {d['verdict']}, "
-                    f"{_qualifier(a, d['group_key'])}."
+                    f"{_qualifier(a, d['group_key'], budget=d['budget'])}."
                 )
             continue
         for group, cells in _by_group(ps["differences"][x, y]).items():
