@@ -191,6 +191,15 @@ def test_two_budgets_give_no_compute_equivalence():
     assert e["readings"] == [] and "2 budget(s), a curve needs >= 3" in e["reason"]
     assert "compute-equivalence (hr's MACs to match lr's PSNR): cannot say" in a["conclusion"]
     assert "budget curves not read" in a["conclusion"]
+    recs = make(log_curve({"lr": 1e3, "hr": 4e3}), budgets=(1e4, 2.5e4))
+    lr = [
+        np.mean([r["psnr"] for r in recs if (r["family"], r["budget"]) == ("lr", b)])
+        for b in (1e4, 2.5e4)
+    ]
+    assert (
+        f"seed-mean PSNR at budgets 1e4, 2.5e4: lr {lr[0]:.3f} -> {lr[1]:.3f}; hr "
+        in (a["conclusion"])
+    )
 
 
 def test_a_narrow_span_gives_no_compute_equivalence():

@@ -407,7 +407,7 @@ def budget_curves(records: Sequence[dict], set_name: str | None = None) -> list[
         families = sorted({f for c in index[group].values() for f in c}, key=_family_key)
         for family in families:
             budgets = [x for x in sorted(index[group]) if index[group][x].get(family)]
-            macs, means, seeds = [], [], []
+            macs, means, seeds, kept = [], [], [], []
             for x in budgets:
                 recs = index[group][x][family]
                 ps = {s: score(r, set_name) for s, r in recs.items()}
@@ -417,18 +417,21 @@ def budget_curves(records: Sequence[dict], set_name: str | None = None) -> list[
                 macs.append(_cell_macs(recs.values()))
                 means.append(float(np.mean(list(ps.values()))))
                 seeds.append(ps)
+                kept.append(x)
             if not macs:
                 continue
             order = np.argsort(macs)
             macs = [macs[i] for i in order]
             means = [means[i] for i in order]
             seeds = [seeds[i] for i in order]
+            kept = [kept[i] for i in order]
             out.append(
                 {
                     "set": set_name,
                     "group_key": group,
                     "group": group_label(group, settings),
                     "family": family,
+                    "budgets": kept,
                     "macs": macs,
                     "psnr": means,
                     "seed_psnr": seeds,
@@ -952,7 +955,13 @@ def _curve_lines(a: dict, s: str, tag: str, keep=lambda row: True) -> list[str]:
             )
         else:
             why = "; ".join(f"{c['family']}: {c['reason']}" for c in curves if c["reason"])
-            lines.append(f"{tag} {label}: budget curves not read: {why}.")
+            means = "; ".join(
+                f"{c['family']} " + " -> ".join(f"{p:.3f}" for p in c["psnr"]) for c in curves
+            )
+            lines.append(
+                f"{tag} {label}: budget curves not read: {why} (seed-mean PSNR at budgets "
+                f"{', '.join(_g(x) for x in curves[0]['budgets'])}: {means} dB)."
+            )
     return lines
 
 
