@@ -197,7 +197,7 @@ def test_two_budgets_give_no_compute_equivalence():
         for b in (1e4, 2.5e4)
     ]
     assert (
-        f"seed-mean PSNR at budgets 1e4, 2.5e4: lr {lr[0]:.3f} -> {lr[1]:.3f}; hr "
+        f"seed-mean PSNR by budget: lr 1e4: {lr[0]:.3f}, 2.5e4: {lr[1]:.3f}; hr 1e4: "
         in (a["conclusion"])
     )
 

@@ -474,6 +474,8 @@ def compute_equivalences(records: Sequence[dict], a: str, b: str, set_name: str 
             psnr_b[:, ob],
             names=(a, b),
         )
+        if eq["reason"] and len(budgets) < len(cells):
+            eq["reason"] += f" (budgets where both {a} and {b} have paired seeds)"
         out.append(
             row | eq | {"n_seeds": len(seeds), "range_b": (float(min(cost_b)), float(max(cost_b)))}
         )
@@ -956,11 +958,15 @@ def _curve_lines(a: dict, s: str, tag: str, keep=lambda row: True) -> list[str]:
         else:
             why = "; ".join(f"{c['family']}: {c['reason']}" for c in curves if c["reason"])
             means = "; ".join(
-                f"{c['family']} " + " -> ".join(f"{p:.3f}" for p in c["psnr"]) for c in curves
+                f"{c['family']} "
+                + ", ".join(
+                    f"{_g(b)}: {p:.3f}" for b, p in zip(c["budgets"], c["psnr"], strict=True)
+                )
+                for c in curves
             )
             lines.append(
-                f"{tag} {label}: budget curves not read: {why} (seed-mean PSNR at budgets "
-                f"{', '.join(_g(x) for x in curves[0]['budgets'])}: {means} dB)."
+                f"{tag} {label}: budget curves not read: {why} (seed-mean PSNR by budget: "
+                f"{means} dB)."
             )
     return lines
 

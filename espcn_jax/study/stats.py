@@ -249,18 +249,23 @@ def not_rising(x: Sequence[float], y: Sequence[float]) -> tuple[int, int] | None
     return None
 
 
+def _short(x: float) -> str:
+    """3 significant digits, short exponents: ``2.5e4``, ``960``."""
+    return f"{x:.3g}".replace("e+0", "e").replace("e+", "e")
+
+
 def fit_reason(costs: Sequence[float], psnr: Sequence[float]) -> str | None:
     """Why a budget curve may not be read (None: it may). ``costs`` ascending, one per budget."""
     if len(costs) < MIN_BUDGETS_FOR_FIT:
         return f"{len(costs)} budget(s), a curve needs >= {MIN_BUDGETS_FOR_FIT}"
     span = costs[-1] / costs[0]
     if span < MIN_BUDGET_SPAN:
-        return f"the budgets span {span:.3g}x, a curve needs >= {MIN_BUDGET_SPAN:g}x"
+        return f"the budgets span {_short(span)}x, a curve needs >= {MIN_BUDGET_SPAN:g}x"
     bad = not_rising(costs, psnr)
     if bad is not None:
         i, j = bad
         return (
-            f"PSNR does not rise from {costs[i]:.3g} to {costs[j]:.3g} MACs/LR px "
+            f"PSNR does not rise from {_short(costs[i])} to {_short(costs[j])} MACs/LR px "
             f"({psnr[i]:.3f} -> {psnr[j]:.3f} dB): not monotone"
         )
     return None
