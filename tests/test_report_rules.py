@@ -448,3 +448,11 @@ def test_cell_claims_outside_the_control_budgets_stay_at_this_length():
     }
     assert at["1e4"].endswith("held from 1,000 to 4,000 steps, so a capacity difference.")
     assert at["3e4"].endswith("at this training length (1,000 steps).")
+
+
+def test_groups_are_ordered_by_value_grid_first():
+    recs = make(_gap(True), budgets=(1e4,), steps=(8, 32))
+    recs += _with_role(make(_gap(True), budgets=(1e4,), steps=(4,)), "control", "-c")
+    labels = [r["group"] for r in report.analyse(recs)["rows"]]
+    firsts = list(dict.fromkeys(labels))
+    assert [label.split(",")[1].strip() for label in firsts] == ["8 steps", "32 steps", "4 steps"]

@@ -70,6 +70,12 @@ def group_of(record: dict) -> tuple:
     )
 
 
+def group_order(group: tuple) -> tuple:
+    """Grid groups first, then numbers by value (8 steps before 32), other fields as text."""
+    role = group[5] not in (None, "grid")
+    return (role, *((0, x, "") if isinstance(x, int | float) else (1, 0, str(x)) for x in group))
+
+
 def group_label(group: tuple, settings: int = 1) -> str:
     depth, steps, residual, rf_match, setting, role = group
     label = f"depth {depth}, {_int(steps)} steps, residual {'on' if residual else 'off'}"
@@ -236,7 +242,7 @@ def table_rows(records: Sequence[dict], set_name: str | None = None, lat: dict |
     rows = []
     index = _index(records)
     settings = _settings(index)
-    for group in sorted(index, key=str):
+    for group in sorted(index, key=group_order):
         for budget in sorted(index[group]):
             for family in sorted(index[group][budget], key=_family_key):
                 recs = list(index[group][budget][family].values())
@@ -342,7 +348,7 @@ def differences(records: Sequence[dict], a: str, b: str, set_name: str | None = 
     out = []
     index = _index(records)
     settings = _settings(index)
-    for group in sorted(index, key=str):
+    for group in sorted(index, key=group_order):
         for budget in sorted(index[group]):
             cell = index[group][budget]
             seeds = _paired_seeds(cell, a, b, set_name)
@@ -403,7 +409,7 @@ def budget_curves(records: Sequence[dict], set_name: str | None = None) -> list[
     out = []
     index = _index(records)
     settings = _settings(index)
-    for group in sorted(index, key=str):
+    for group in sorted(index, key=group_order):
         families = sorted({f for c in index[group].values() for f in c}, key=_family_key)
         for family in families:
             budgets = [x for x in sorted(index[group]) if index[group][x].get(family)]
@@ -449,7 +455,7 @@ def compute_equivalences(records: Sequence[dict], a: str, b: str, set_name: str 
     out = []
     index = _index(records)
     settings = _settings(index)
-    for group in sorted(index, key=str):
+    for group in sorted(index, key=group_order):
         cells = index[group]
         row = {"set": set_name, "group_key": group, "group": group_label(group, settings)}
         row |= {"a": a, "b": b, "n_seeds": 0, "reason": None, "readings": []}
@@ -495,7 +501,7 @@ def matched_latency(
     out = []
     index = _index(records)
     settings = _settings(index)
-    for group in sorted(index, key=str):
+    for group in sorted(index, key=group_order):
         cells = index[group]
         budgets = [x for x in sorted(cells) if _paired_seeds(cells[x], a, b, set_name)]
         if not budgets:
@@ -565,7 +571,7 @@ def latency_ratios(records: Sequence[dict], lat: dict) -> list[dict]:
     out = []
     index = _index(records)
     settings = _settings(index)
-    for group in sorted(index, key=str):
+    for group in sorted(index, key=group_order):
         for budget in sorted(index[group]):
             cell = index[group][budget]
             if "lr" not in cell:
