@@ -66,6 +66,14 @@ def _bars(rows: Sequence[dict]) -> tuple[list[float], list[float]]:
     return lo, hi
 
 
+def _short_reason(reason: str) -> str:
+    """A few words for a plot title from :func:`espcn_jax.study.stats.fit_reason`'s sentence."""
+    for key, words in (("not monotone", "not monotone"), ("budget(s)", "< 3 budgets")):
+        if key in reason:
+            return words
+    return "span < 8x" if "span" in reason else reason[:30]
+
+
 def _interval_words(rows: Sequence[dict]) -> str:
     kinds = sorted({r["psnr_interval"] for r in rows})
     return "; ".join(kinds)
@@ -158,10 +166,10 @@ def budget_plot(analysis: dict, out_dir: epath.Path) -> list[str]:
                 color=COLORS.get(fam),
                 marker=MARKERS.get(fam, "o"),
                 capsize=3,
-                label=f"{fam}: {frs[0]['psnr_interval'] if frs else ''}",
+                label=f"{fam}: {_interval_words(frs)}",
             )
             if c["reason"]:
-                notes.append(f"{fam}: not read ({c['reason'].split(':')[0]})")
+                notes.append(f"{fam}: not read ({_short_reason(c['reason'])})")
         ax.set_xscale("log")
         ax.set_xlabel("conv MACs per LR pixel (the budget)")
         ax.set_ylabel(f"PSNR (dB) on {report.set_label(s)}")
