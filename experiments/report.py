@@ -4,9 +4,11 @@
     python experiments/report.py --workdir=gs://BUCKET/study --out_dir=/tmp/report --json
 
 Reads every ``results*.jsonl`` in ``--workdir`` (the shards of one grid merge), keeps the latest
-record of each point, and writes ``report.md``, ``table.csv``, ``differences.csv``,
-``report.json``, ``conclusion.md`` and the figures (PNG and SVG). Prints the table and the
-conclusion (``--json``: the paths and the conclusion as one JSON object).
+record of each point, takes latency from ``WORKDIR/latency.json`` when an interleaved timing run
+wrote one, and writes ``report.md``, ``table.csv``, ``differences.csv``, ``report.json``,
+``conclusion.md`` and the figures (PNG and SVG). Prints the first set's table and the conclusion
+(a list, one claim per line; ``--json``: the paths and the conclusion as one JSON object). The
+statistical rules the report follows are listed in ``report.md`` (``espcn_jax/study/stats.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from espcn_jax.study import outputs
 flags.DEFINE_string("workdir", None, "The sweep's directory (holds results*.jsonl).")
 flags.DEFINE_string("out_dir", None, "Where to write the report (default: WORKDIR/report).")
 flags.DEFINE_bool("samples", True, "Draw the sample image grid (restores one model per family).")
-flags.DEFINE_integer("bootstrap", 2000, "Bootstrap draws for the compute-equivalence intervals.")
 JSON = cli.define_json_flag()
 FLAGS = flags.FLAGS
 
@@ -33,11 +34,7 @@ def main(argv: list[str]) -> None:
     cli.check_no_positional(argv)
     if FLAGS.workdir is None:
         raise ValueError("--workdir is required")
-    if FLAGS.bootstrap < 1:
-        raise ValueError(f"bootstrap must be >= 1, got {FLAGS.bootstrap}")
-    summary = outputs.write_report(
-        FLAGS.workdir, FLAGS.out_dir, samples=FLAGS.samples, n_boot=FLAGS.bootstrap
-    )
+    summary = outputs.write_report(FLAGS.workdir, FLAGS.out_dir, samples=FLAGS.samples)
     if JSON.value:
         summary.pop("table_md")
     cli.emit(summary, summary_table)

@@ -1,9 +1,14 @@
-"""The study's statistics and report against independent computations (scipy, numpy, by hand)."""
+"""The study's statistics and report against independent computations (scipy, numpy, by hand).
+
+The statistical rules themselves (seeds, budgets, monotone fits, latency, convergence, per image)
+are tested in ``test_report_rules.py``; this file covers the primitives, records written before
+per-set scores existed, and the files the report writes."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 
@@ -12,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats as sps
+from test_report_rules import VAL, log_curve, make
 
 from espcn_jax.study import outputs, report, results, stats
 
@@ -41,41 +47,53 @@ def test_mean_std_is_the_sample_std():
     assert math.isnan(stats.mean_std([3.0])[1])
 
 
-def test_fit_log_matches_linregress():
+@pytest.mark.parametrize("n", [1, 2, 3, 6])
+def test_seed_stat_follows_the_seed_rule(n):
+    x = list(np.random.default_rng(n).normal(30, 0.1, n))
+    s = stats.seed_stat(x)
+    assert s.mean == pytest.approx(statistics.mean(x)) and s.n == n
+    if n >= 3:
+        ref = sps.ttest_1samp(x, 0.0).confidence_interval(0.95)
+        assert s.kind == stats.T_INTERVAL and s.df == n - 1
+        assert (s.low, s.high) == pytest.approx((ref.low, ref.high))
+    elif n == 2:
+        assert s.kind == stats.SEED_RANGE and (s.low, s.high) == (min(x), max(x))
+        assert not s.excludes_zero and "95%" not in s.text()
+    else:
+        assert s.kind == stats.NO_INTERVAL and math.isnan(s.low)
+
+
+def test_image_stat_counts_ties_and_needs_three_images_for_an_interval():
+    s = stats.image_stat([0.2, 0.0, -0.1])
+    assert (s.n_positive, s.n_negative, s.n_ties) == (1, 1, 1)
+    assert s.sign_p == pytest.approx(1.0)
+    two = stats.image_stat([0.2, 0.1])
+    assert math.isnan(two.low) and two.label == "2 images: no interval"
+
+
+def test_curve_inverse_recovers_a_log_linear_cost():
+    costs = (1e3, 4e3, 1.6e4)
+    curve = stats.Curve(costs, tuple(20 + 0.5 * math.log2(c) for c in costs))
+    status, cost = curve.inverse(20 + 0.5 * math.log2(5e3))
+    assert status == "in range" and cost == pytest.approx(5e3)
+    assert curve.inverse(100.0)[0] == "above" and curve.inverse(0.0)[0] == "below"
+    assert math.isnan(curve.at(2e4))  # never extrapolated
+    with pytest.raises(ValueError, match="rising"):
+        stats.Curve(costs, (3.0, 2.0, 4.0)).inverse(2.5)
+
+
+def test_slope_per_doubling_matches_linregress():
     x = np.array([1e3, 3e3, 1e4, 4e4])
     y = np.array([28.1, 29.0, 29.8, 30.9])
-    fit = stats.fit_log(x, y)
-    ref = sps.linregress(np.log(x), y)
-    assert (fit.slope, fit.intercept) == pytest.approx((ref.slope, ref.intercept))
-    assert fit.inverse(fit(2e4)) == pytest.approx(2e4)
+    assert stats.slope_per_doubling(x, y) == pytest.approx(sps.linregress(np.log2(x), y).slope)
 
 
-def test_equivalence_recovers_a_known_compute_factor():
-    """hr's PSNR curve is lr's shifted right by a factor 4 in cost: hr needs exactly 4x."""
-    costs = np.array([1e4, 2.5e4, 5e4])
-    slope, k = 1.3, 4.0
-    lr = 20 + slope * np.log(costs)
-    hr = 20 + slope * np.log(costs / k)
-    eq = stats.equivalence(costs, lr[None].repeat(3, 0), costs, hr[None].repeat(3, 0), n_boot=50)
-    assert eq.ratio == pytest.approx(k)
-    assert eq.low == pytest.approx(k) and eq.high == pytest.approx(k)  # no seed noise
-    assert eq.extrapolated  # 4 x the geometric-mean cost lies beyond hr's largest budget
-
-
-def test_equivalence_interval_covers_the_truth_under_seed_noise():
-    costs = np.array([1e4, 3e4])
-    rng = np.random.default_rng(0)
-    lr = 20 + 1.5 * np.log(costs) + rng.normal(0, 0.05, (5, 2))
-    hr = 20 + 1.5 * np.log(costs / 2.0) + rng.normal(0, 0.05, (5, 2))
-    eq = stats.equivalence(costs, lr, costs, hr, n_boot=500)
-    assert eq.low < 2.0 < eq.high
-    assert eq.n_seeds == 5
-
-
-def test_equivalence_is_infinite_when_b_does_not_improve_with_cost():
-    costs = [1e4, 2e4]
-    eq = stats.equivalence(costs, [[30.0, 31.0]], costs, [[29.0, 28.0]], n_boot=10)
-    assert math.isinf(eq.ratio) and eq.extrapolated
+@pytest.mark.parametrize(
+    "short, long, want",
+    [(0.4, 0.42, True), (0.4, 0.2, False), (0.4, -0.4, False), (0.02, -0.02, True)],
+)
+def test_held_rule(short, long, want):
+    assert stats.held(short, long) is want
 
 
 @given(st.lists(st.tuples(st.integers(1, 20), st.integers(0, 20)), min_size=1, max_size=30))
@@ -95,23 +113,21 @@ def test_pareto_front_by_definition(points):
     assert [costs[i] for i in front] == sorted(costs[i] for i in front)
 
 
-# --- synthetic records ---------------------------------------------------------------------------
+# --- records written before per-set scores --------------------------------------------------------
 
 BUDGETS = (1e4, 2.5e4)
-LATENCY = {"lr": 1.0, "hr": 4.0, "deconv": 1.2}  # ms per 1e4 MACs
 
 
-def synthetic(gap: dict[float, float], seeds=(0, 1, 2), noise=0.05, residual=True, seed=0):
-    """lr PSNR = 25 + ln(budget/1e4) + noise; hr = lr - gap[budget] + noise; deconv = lr - 0.1."""
+def old_records(gap: dict[float, float], seeds=(0, 1, 2), residual=True, seed=0):
+    """The old record shape: top-level psnr for eval_set only, boolean match_rf, no curve."""
     rng = np.random.default_rng(seed)
     out = []
     for budget in BUDGETS:
         for s in seeds:
             base = 25 + math.log(budget / 1e4)
             psnr = {
-                "lr": base + rng.normal(0, noise),
-                "hr": base - gap[budget] + rng.normal(0, noise),
-                "deconv": base - 0.1 + rng.normal(0, noise),
+                "lr": base + rng.normal(0, 0.05),
+                "hr": base - gap[budget] + rng.normal(0, 0.05),
             }
             for family, p in psnr.items():
                 out.append(
@@ -134,7 +150,7 @@ def synthetic(gap: dict[float, float], seeds=(0, 1, 2), noise=0.05, residual=Tru
                         "conv_macs_per_lr_pixel": budget,
                         "flops": 2 * budget * 1e5,
                         "flops_xla": 2 * budget * 1e5,
-                        "latency_ms": LATENCY[family] * budget / 1e4,
+                        "latency_ms": {"lr": 1.0, "hr": 4.0}[family] * budget / 1e4,
                         "throughput_images_per_s": 10.0,
                         "memory_bytes": 2**20,
                         "receptive_field_lr": 9,
@@ -145,73 +161,32 @@ def synthetic(gap: dict[float, float], seeds=(0, 1, 2), noise=0.05, residual=Tru
     return out
 
 
-def test_differences_at_matched_flops_are_the_paired_seed_differences():
-    recs = synthetic({1e4: 0.5, 2.5e4: 0.3})
-    diffs = report.differences(recs, "lr", "hr")
-    assert [d["budget"] for d in diffs] == list(BUDGETS)
-    for d in diffs:
-        by = {(r["family"], r["seed"]): r["psnr"] for r in recs if r["budget"] == d["budget"]}
-        paired = [by["lr", s] - by["hr", s] for s in (0, 1, 2)]
-        ref = sps.ttest_1samp(paired, 0.0).confidence_interval(0.95)
-        assert d["flops"]["mean"] == pytest.approx(np.mean(paired))
-        assert (d["flops"]["low"], d["flops"]["high"]) == pytest.approx((ref.low, ref.high))
-
-
-def test_differences_at_matched_latency_interpolate_b_in_log_latency():
-    recs = synthetic({1e4: 0.5, 2.5e4: 0.3})
-    d = report.differences(recs, "lr", "hr")[1]  # lr at 2.5e4 runs in 2.5 ms: hr spans 4-10 ms
-    hr = {(r["budget"], r["seed"]): r for r in recs if r["family"] == "hr"}
-    lr = {r["seed"]: r for r in recs if r["family"] == "lr" and r["budget"] == 2.5e4}
-    want = []
-    for s in (0, 1, 2):
-        x = np.log([hr[1e4, s]["latency_ms"], hr[2.5e4, s]["latency_ms"]])
-        y = [hr[1e4, s]["psnr"], hr[2.5e4, s]["psnr"]]
-        slope = (y[1] - y[0]) / (x[1] - x[0])
-        want.append(lr[s]["psnr"] - (y[0] + slope * (math.log(2.5) - x[0])))
-    assert d["latency"]["mean"] == pytest.approx(np.mean(want))
-    assert d["latency"]["extrapolated"]  # 2.5 ms lies below hr's fastest net (4 ms)
-
-
-def test_table_rows_are_seed_means_and_sample_stds():
-    recs = synthetic({1e4: 0.5, 2.5e4: 0.3})
-    rows = report.table_rows(recs)
-    assert len(rows) == 6
+def test_old_records_are_reported_with_what_they_lack_said():
+    recs = old_records({1e4: 0.5, 2.5e4: 0.3})
+    recs.append({"point_id": "x", "status": "failed", "family": "lr", "error": "ValueError: boom"})
+    a = report.analyse(recs)
+    assert a["sets"] == ["skimage:validation"]
+    rows = a["rows"]
+    assert len(rows) == 4 and rows[0]["rf_match"] == "none" and rows[0]["n_images"] is None
     for row in rows:
         ps = [
-            r["psnr"] for r in recs if (r["family"], r["budget"]) == (row["family"], row["budget"])
+            r["psnr"]
+            for r in recs
+            if r.get("budget") == row["budget"] and r["family"] == row["family"]
         ]
         assert row["psnr"] == pytest.approx(statistics.mean(ps))
         assert row["psnr_std"] == pytest.approx(statistics.stdev(ps))
-        assert row["n_seeds"] == 3
-    # families of a cell in a fixed order: lr, deconv, hr
-    assert [r["family"] for r in rows[:3]] == ["lr", "deconv", "hr"]
-
-
-def test_conclusion_reports_the_win_and_the_cells_where_lr_does_not_win():
-    recs = synthetic({1e4: -1.0, 2.5e4: 1.0})  # hr better at the small budget, lr at the large
-    recs.append({"point_id": "x", "status": "failed", "family": "lr", "error": "ValueError: boom"})
-    a = report.analyse(recs, n_boot=50)
     text = a["conclusion"]
-    assert "lr beats hr in 1 of 2 cells" in text and "loses in 1" in text
-    assert (
-        "lr does not resolvably beat hr at: depth 3, 100 steps, residual on, budget 10000" in text
-    )
-    assert "hr beats lr at matched FLOPs" in text
-    assert "1 point(s) failed" in text and "ValueError: boom" in text
-    assert "where bicubic upscaling scores 24.500 dB" in text
-    # the numbers in the text are the table's
-    d = a["differences"]["lr", "hr"][1]
-    assert f"{d['flops']['mean']:+.3f} dB" in text
-
-
-def test_conclusion_without_seed_replication_says_so():
-    recs = synthetic({1e4: 0.5, 2.5e4: 0.5}, seeds=(0,))
-    text = report.analyse(recs, n_boot=10)["conclusion"]
-    assert "one seed: no interval" in text and "beats hr in 0 of 2 cells" in text
+    assert "per-image scores not recorded" in text
+    assert "Converged (validation split): not measured" in text
+    assert "Failed and left out: x (ValueError: boom)." in text
+    assert "not interleaved" in text
+    d = a["per_set"][VAL]["differences"]["lr", "hr"][1]
+    assert f"2.5e4: {d['seeds'].mean:+.3f} (" in text
 
 
 def test_latest_record_wins_in_the_report():
-    recs = synthetic({1e4: 0.5, 2.5e4: 0.3})
+    recs = old_records({1e4: 0.5, 2.5e4: 0.3})
     first = recs[0]
     rerun = dict(first, psnr=first["psnr"] + 10)
     rows = report.table_rows(report.split(recs + [rerun])[0])
@@ -225,24 +200,43 @@ def test_latest_record_wins_in_the_report():
     assert row["psnr"] == pytest.approx(statistics.mean(ps))
 
 
+# --- files ----------------------------------------------------------------------------------------
+
+
 def test_write_report_files(tmp_path):
-    recs = synthetic({1e4: 0.5, 2.5e4: 0.3}) + synthetic(
-        {1e4: -0.2, 2.5e4: 0.1}, residual=False, seed=1
+    recs = make(
+        log_curve({"lr": 1e3, "hr": 4e3}), sets=(VAL, "folder:/x/Set5"), curve_gain=lambda *_: 0.1
     )
     for r in recs:
         results.append(tmp_path / "results.jsonl", r)
-    summary = outputs.write_report(tmp_path, samples=False, n_boot=50)
+    points = {r["point_id"]: {"median_ms": 1.0 + (r["family"] == "hr")} for r in recs}
+    latency = {"lr_size": "360x640", "repeats": 10, "rounds": 3, "points": points}
+    (tmp_path / "latency.json").write_text(json.dumps(latency))
+    summary = outputs.write_report(tmp_path, samples=False)
     out = tmp_path / "report"
     rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
-    assert len(rows) == 12 and {r["family"] for r in rows} == {"lr", "hr", "deconv"}
-    assert float(rows[0]["psnr"]) == pytest.approx(report.table_rows(recs)[0]["psnr"])
+    assert len(rows) == 12 and {r["set_label"] for r in rows} == {"validation split", "Set5"}
     md = (out / "report.md").read_text()
-    assert summary["conclusion"] in md and "| lr, hr |" in md
-    for name in ("psnr_vs_gflops", "psnr_vs_latency", "psnr_vs_params"):
+    assert summary["conclusion"] in md
+    assert "## Statistical rules" in md and "## Set5 (`folder:/x/Set5`, 5 images)" in md
+    assert "## Convergence (validation split)" in md and "## Latency ratios" in md
+    assert "timed interleaved in one process" in md
+    for name in ("psnr_vs_macs", "psnr_vs_gflops", "psnr_vs_latency", "convergence"):
         for ext in ("png", "svg"):
-            assert (out / f"{name}.{ext}").stat().st_size > 1000
+            assert (out / f"{name}.{ext}").stat().st_size > 1000, name
     assert (out / "conclusion.md").read_text().strip() == summary["conclusion"]
-    assert "residual off" in summary["conclusion"] and "residual on" in summary["conclusion"]
+    payload = json.loads((out / "report.json").read_text())
+    assert payload["conclusion_lines"] == [line[2:] for line in summary["conclusion"].splitlines()]
+    assert payload["latency_ratios"][0]["ratio"] == pytest.approx(2.0)
+    assert "| lr |" in summary["table_md"]
+
+
+def test_a_latency_file_that_is_not_one_is_an_error(tmp_path):
+    for r in old_records({1e4: 0.5, 2.5e4: 0.3}):
+        results.append(tmp_path / "results.jsonl", r)
+    (tmp_path / "latency.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="latency.json has no 'points' object"):
+        outputs.write_report(tmp_path, samples=False)
 
 
 def test_write_report_without_records_is_an_error(tmp_path):

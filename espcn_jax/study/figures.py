@@ -1,8 +1,13 @@
 """The study's figures (matplotlib, Agg; each written as PNG and SVG).
 
-- PSNR against GFLOPs, latency and parameters: one panel per group, per family the seed mean with
-  a ± std bar over budgets, and the Pareto front over every network of the panel;
-- training curves of every point (from its ``metrics.jsonl``);
+- PSNR against MACs per LR pixel (the budget axis): one panel per group and validation set, per
+  family every seed as a point and the seed mean as a curve with the interval the seed rule allows
+  (:func:`espcn_jax.study.stats.seed_stat`: t-interval with >= 3 seeds, the seed range with 2,
+  nothing with 1), never ± 1 SD;
+- PSNR against GFLOPs, latency and parameters on the first set, same intervals, with the Pareto
+  front over every network of the panel;
+- validation PSNR against training step (the recorded ``curve``): whether training converged;
+- training losses of every point (from its ``metrics.jsonl``);
 - a sample grid on one validation image: LR, bicubic, each family's output, HR, and a zoomed crop.
 """
 
@@ -54,11 +59,35 @@ def _panels(n: int):
     return fig, axes.flat
 
 
+def _bars(rows: Sequence[dict]) -> tuple[list[float], list[float]]:
+    """Error bars (below, above the mean) from the rows' interval (zero where there is none)."""
+    lo = [r["psnr"] - r["psnr_low"] if math.isfinite(r["psnr_low"]) else 0.0 for r in rows]
+    hi = [r["psnr_high"] - r["psnr"] if math.isfinite(r["psnr_high"]) else 0.0 for r in rows]
+    return lo, hi
+
+
+def _short_reason(reason: str) -> str:
+    """A few words for a plot title from :func:`espcn_jax.study.stats.fit_reason`'s sentence."""
+    for key, words in (("not monotone", "not monotone"), ("budget(s)", "< 3 budgets")):
+        if key in reason:
+            return words
+    return "span < 8x" if "span" in reason else reason[:30]
+
+
+def _interval_words(rows: Sequence[dict]) -> str:
+    kinds = sorted({r["psnr_interval"] for r in rows})
+    return "; ".join(kinds)
+
+
 def psnr_plot(rows: Sequence[dict], out_dir: epath.Path, axis: str) -> list[str]:
-    """PSNR (mean ± std over seeds) against ``axis`` (gflops, latency, params), Pareto front."""
+    """PSNR (seed mean, interval by the seed rule) against ``axis`` (gflops, latency, params), on
+    the first validation set of ``rows``, with the Pareto front."""
     key, label, log = AXES[axis]
+    first = rows[0]["set"] if rows else None
     groups = defaultdict(list)
     for r in rows:
+        if r["set"] != first:
+            continue
         if r.get(key) is not None and math.isfinite(r[key]) and math.isfinite(r["psnr"]):
             groups[r["group"]].append(r)
     if not groups:
@@ -73,7 +102,7 @@ def psnr_plot(rows: Sequence[dict], out_dir: epath.Path, axis: str) -> list[str]
             ax.errorbar(
                 [r[key] for r in frs],
                 [r["psnr"] for r in frs],
-                yerr=[0 if not math.isfinite(r["psnr_std"]) else r["psnr_std"] for r in frs],
+                yerr=_bars(frs),
                 color=COLORS.get(family),
                 marker=MARKERS.get(family, "o"),
                 capsize=3,
@@ -92,11 +121,126 @@ def psnr_plot(rows: Sequence[dict], out_dir: epath.Path, axis: str) -> list[str]
         if log:
             ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.set_ylabel("PSNR (dB), mean ± std over seeds")
-        ax.set_title(group, fontsize=9)
+        ax.set_ylabel(f"PSNR (dB) on {report.set_label(first)}, seed mean")
+        ax.set_title(f"{group}\nbars: {_interval_words(grows)}", fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, out_dir, f"psnr_vs_{axis}")
+
+
+def budget_plot(analysis: dict, out_dir: epath.Path) -> list[str]:
+    """PSNR against MACs per LR pixel, per group and set: seeds as points, the seed mean as a
+    curve with the seed rule's interval; the title says whether the curve may be read."""
+    panels = []
+    for s in analysis["sets"]:
+        ps = analysis["per_set"][s]
+        by_group = defaultdict(list)
+        for c in ps["curves"]:
+            by_group[c["group"]].append(c)
+        for group, curves in by_group.items():
+            rows = [r for r in ps["rows"] if r["group"] == group]
+            panels.append((s, group, curves, rows))
+    if not panels:
+        return []
+    fig, axes = _panels(len(panels))
+    for ax, (s, group, curves, rows) in zip(axes, panels, strict=False):
+        notes = []
+        for c in sorted(curves, key=lambda c: report._family_key(c["family"])):
+            fam = c["family"]
+            frs = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["budget"])
+            for x, seeds in zip(c["macs"], c["seed_psnr"], strict=True):
+                ax.scatter(
+                    [x] * len(seeds),
+                    list(seeds.values()),
+                    color=COLORS.get(fam),
+                    marker=MARKERS.get(fam, "o"),
+                    s=12,
+                    alpha=0.45,
+                    linewidths=0,
+                )
+            ax.errorbar(
+                c["macs"],
+                c["psnr"],
+                yerr=_bars(frs) if len(frs) == len(c["macs"]) else None,
+                color=COLORS.get(fam),
+                marker=MARKERS.get(fam, "o"),
+                capsize=3,
+                label=f"{fam}: {_interval_words(frs)}",
+            )
+            if c["reason"]:
+                notes.append(f"{fam}: not read ({_short_reason(c['reason'])})")
+        ax.set_xscale("log")
+        ax.set_xlabel("conv MACs per LR pixel (the budget)")
+        ax.set_ylabel(f"PSNR (dB) on {report.set_label(s)}")
+        title = f"{report.set_label(s)}: {group}\n" + (
+            "; ".join(notes) if notes else "every curve rises: read inside the range"
+        )
+        ax.set_title(title, fontsize=7)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out_dir, "psnr_vs_macs")
+
+
+def convergence_plot(records: Sequence[dict], set_name: str, out_dir: epath.Path) -> list[str]:
+    """Validation PSNR on ``set_name`` against training step from each point's ``curve``: per
+    group, the seed mean of every family and budget (records without curves are left out)."""
+    groups: dict = defaultdict(lambda: defaultdict(list))
+    train: dict = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        pts = [
+            (c["step"], c["eval"][set_name]["psnr"])
+            for c in r.get("curve") or []
+            if (c.get("eval") or {}).get(set_name, {}).get("psnr") is not None
+        ]
+        label = report.group_label(report.group_of(r))
+        if len(pts) >= 2:
+            groups[label][(r["family"], r["budget"])].append(dict(pts))
+        fit = [(c["step"], c["train_psnr"]) for c in r.get("curve") or [] if c.get("train_psnr")]
+        if len(fit) >= 2:
+            train[label][(r["family"], r["budget"])].append(dict(fit))
+    if not groups:
+        return []
+    fig, axes = _panels(len(groups))
+    for ax, (group, lines) in zip(axes, sorted(groups.items()), strict=False):
+        budgets = sorted({b for _, b in lines})
+        for (fam, budget), curves in sorted(lines.items()):
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            ax.plot(
+                steps,
+                [np.mean([c[t] for c in curves]) for t in steps],
+                color=COLORS.get(fam),
+                marker=MARKERS.get(fam, "o"),
+                markersize=3,
+                alpha=0.35 + 0.65 * (budgets.index(budget) + 1) / len(budgets),
+                label=f"{fam} {report._g(budget)} ({len(curves)} seeds)",
+            )
+        for (fam, budget), curves in sorted(train[group].items()):
+            if budget not in budgets:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            ax.plot(
+                steps,
+                [np.mean([c[t] for c in curves]) for t in steps],
+                color=COLORS.get(fam),
+                linestyle=":",
+                linewidth=1,
+                alpha=0.35 + 0.65 * (budgets.index(budget) + 1) / len(budgets),
+            )
+        start = (1 - stats.TAIL_FRACTION) * max(t for c in lines.values() for d in c for t in d)
+        right = ax.get_xlim()[1]
+        ax.axvspan(start, right, color="0.9", zorder=0, label="tail (convergence rule)")
+        ax.set_xlim(right=right)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(
+            f"PSNR (dB), seed mean: {report.set_label(set_name)} (solid), training subset (dotted)"
+        )
+        ax.set_title(group, fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return _save(fig, out_dir, "convergence")
 
 
 def _read_metrics(path: epath.Path) -> list[dict]:
@@ -185,7 +329,8 @@ def sample_grid(
     """
     if not records:
         return []
-    group = sorted({report.group_of(r) for r in records}, key=str)[0]
+    groups = {report.group_of(r) for r in records}
+    group = sorted(groups, key=lambda g: (g[-1] not in (None, "grid"), str(g)))[0]
     recs = [r for r in records if report.group_of(r) == group]
     budget = max(r["budget"] for r in recs)
     chosen = {}
