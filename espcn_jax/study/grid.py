@@ -171,7 +171,7 @@ def rf_fields(family: str, depth: int, scale: int, rf_match: str) -> dict:
     ``"kernel"`` each kernel times r; under ``"dilate"`` every HR conv but the last dilated by r
     (the last mixes neighbouring phases; docs/fairness.md). Other families: nothing."""
     if rf_match not in RF_MATCH:
-        raise ValueError(f"rf_match must be one of {RF_MATCH}, got {rf_match!r}")
+        raise ValueError(f"rf_match: {rf_match!r} is not one of {RF_MATCH}")
     if rf_match == "none" or family not in ("hr", "lr_tied"):
         return {}
     if rf_match == "kernel":
