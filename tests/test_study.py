@@ -125,6 +125,13 @@ def test_control_and_equivalence_points_differ_only_where_they_should():
     assert lr.lr == deconv.lr and lr.cell == deconv.cell
 
 
+def test_control_budgets_must_be_grid_cells():
+    cfg = sweep_config("quick")
+    cfg.control.budgets = (7e3,)
+    with pytest.raises(ValueError, match=r"control.budgets \(7000.0,\) are not on the budgets"):
+        grid.expand(cfg)
+
+
 def test_per_family_learning_rates_reach_points_and_ids():
     cfg = grid_only(sweep_config("quick"))
     cfg.budget.lr_size = "24x32"

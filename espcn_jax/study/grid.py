@@ -296,6 +296,12 @@ def expand(cfg: ml_collections.ConfigDict, lrs: dict | None = None) -> list[Poin
     control_steps = int(cfg.get("control", {}).get("steps", 0) or 0)
     if control_steps:
         budgets = _section_tuple(cfg, "control", "budgets") or axes["budgets"][:1]
+        stray = [b for b in budgets if b not in axes["budgets"]]
+        if stray:
+            raise ValueError(
+                f"control.budgets {tuple(stray)} are not on the budgets axis {axes['budgets']}: "
+                "the convergence control repeats grid cells at more steps"
+            )
         if control_steps in axes["steps"]:
             raise ValueError(
                 f"control.steps={control_steps} is already on the steps axis {axes['steps']}: "

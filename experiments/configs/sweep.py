@@ -155,6 +155,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.seeds = (0, 1)
         c.rf_match = ("none",)
         c.control.steps = 0
+        c.control.budgets = (2e3,)
         c.equivalence.budgets = ()
         c.lr_search.rates = ()
         c.budget.lr_size = "32x32"
