@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -154,9 +155,21 @@ def _run_lr_search(sweep, workdir: str) -> dict:
     points = lr_search.points(sweep)
     logging.info("learning-rate search: %d short runs in %s", len(points), search_dir)
     runner.run(points, ctx, os.path.join(search_dir, results.FILENAME), progress=FLAGS.progress)
-    chosen = lr_search.choose(results.read_dir(search_dir), grid.names(sweep.families))
-    if jax.process_index() == 0:
+    families = grid.names(sweep.families)
+    if jax.process_count() == 1:
+        chosen = lr_search.choose(results.read_dir(search_dir), families)
         lr_search.write(workdir, chosen)
+        return chosen
+    # Multi-host: process 0 (the one that wrote the records) decides, the others receive its rates.
+    from jax.experimental import multihost_utils
+
+    chosen = {"lrs": {}, "table": []}
+    if jax.process_index() == 0:
+        chosen = lr_search.choose(results.read_dir(search_dir), families)
+        lr_search.write(workdir, chosen)
+    rates = np.asarray([chosen["lrs"].get(f, 0.0) for f in families], np.float64)
+    rates = multihost_utils.broadcast_one_to_all(rates)
+    chosen["lrs"] = {f: float(r) for f, r in zip(families, rates, strict=True)}
     return chosen
 
 
