@@ -135,3 +135,36 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 def test_report_of_an_empty_workdir_is_a_usage_error(tmp_path):
     proc = run_driver("report.py", f"--workdir={tmp_path}")
     assert proc.returncode == 2 and "no results" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.heavy
+def test_search_curve_control_and_equivalence_with_the_real_engine(tmp_path):
+    """The smoke grid with everything beside it switched on, trained by the engine: the search's
+    rates reach the records, each curve point has the training PSNR of a kept checkpoint, and the
+    equivalence pair (lr and deconv from the same function) scores identically."""
+    train, val = tiny_folders(tmp_path / "data")
+    workdir = tmp_path / "study"
+    args = (
+        "--preset=smoke", f"--workdir={workdir}", f"--config.data.train={train}",
+        f"--config.eval.sets={val}", "--config.eval.curve_points=2",
+        "--config.lr_search.rates=0.001,0.01", "--config.lr_search.steps=4",
+        "--config.control.steps=16", "--config.equivalence.budgets=2000",
+        "--config.equivalence.seeds=0", "--config.seeds=0", "--noprogress", "--noreport",
+    )  # fmt: skip
+    proc = run_driver("sweep.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chosen = json.loads((workdir / "lr_search.json").read_text())["lrs"]
+    records = results.read(workdir / "results.jsonl")
+    assert {r["role"] for r in records} == {"grid", "control", "equivalence"}
+    assert {r["status"] for r in records} == {"ok"}
+    for r in records:
+        if r["role"] != "equivalence":
+            assert r["lr"] == chosen[r["family"]]
+        half = r["steps"] // 2
+        assert [c["step"] for c in r["curve"]] == [half, r["steps"]]
+        assert all(isinstance(c["train_psnr"], float) for c in r["curve"])
+        assert r["curve"][-1]["eval"][val]["psnr"] == pytest.approx(r["psnr"])
+    eq = {r["family"]: r for r in records if r["role"] == "equivalence"}
+    assert eq["lr"]["psnr"] == pytest.approx(eq["deconv"]["psnr"], abs=1e-4)
+    latency = json.loads((workdir / "latency.json").read_text())
+    assert set(latency["points"]) == {r["point_id"] for r in records}
