@@ -152,27 +152,33 @@ def check_lr_size(lr_size) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _tap_counts(n: int, k: int, pads: tuple[int, int], dilation: int = 1) -> tuple[np.ndarray, int]:
+def _tap_counts(
+    n: int, k: int, pads: tuple[int, int], dilation: int = 1, kernel_dilation: int = 1
+) -> tuple[np.ndarray, int]:
     """Per kernel tap, how many outputs read a real sample along one axis; and the output length.
 
     The input of length ``n`` is dilated by ``dilation`` (holes between samples), padded by
-    ``pads = (lo, hi)`` and correlated with ``k`` taps at stride 1: output ``o``, tap ``t`` reads
-    dilated position ``o - lo + t``, real iff inside ``[0, (n-1)*dilation]`` and on a sample.
+    ``pads = (lo, hi)`` and correlated with ``k`` taps ``kernel_dilation`` apart at stride 1:
+    output ``o``, tap ``t`` reads dilated position ``o - lo + t * kernel_dilation``, real iff inside
+    ``[0, (n-1)*dilation]`` and on a sample.
     """
     lo, hi = pads
     n_dilated = (n - 1) * dilation + 1
-    n_out = n_dilated + lo + hi - k + 1
-    p = np.arange(n_out)[:, None] - lo + np.arange(k)[None, :]
+    n_out = n_dilated + lo + hi - (k - 1) * kernel_dilation
+    p = np.arange(n_out)[:, None] - lo + kernel_dilation * np.arange(k)[None, :]
     real = (p >= 0) & (p < n_dilated) & (p % dilation == 0)
     counts = real.sum(axis=0)
     counts.flags.writeable = False
     return counts, n_out
 
 
-def _real_taps(size: tuple[int, int], kernel: tuple[int, int], pads, dilation: int = 1):
+def _real_taps(
+    size: tuple[int, int], kernel: tuple[int, int], pads, dilation: int = 1, kernel_dilation=1
+):
     """``(taps_h, taps_w)`` real-sample counts per tap, and the output size."""
     (ch, oh), (cw, ow) = (
-        _tap_counts(n, k, tuple(p), dilation) for n, k, p in zip(size, kernel, pads, strict=True)
+        _tap_counts(n, k, tuple(p), dilation, kernel_dilation)
+        for n, k, p in zip(size, kernel, pads, strict=True)
     )
     return np.outer(ch, cw), (oh, ow)
 
@@ -184,13 +190,26 @@ def _act(name: str, elements: int, act: str) -> LayerCost:
 
 
 def _conv(
-    name: str, size, k: int, cin: int, cout: int, pads, where: str, split_producer=None
+    name: str,
+    size,
+    k: int,
+    cin: int,
+    cout: int,
+    pads,
+    where: str,
+    split_producer=None,
+    *,
+    dilation: int = 1,
+    bias: bool = True,
 ) -> LayerCost:
-    """A dense stride-1 conv with bias: useful == XLA's count (but for 1x1x1x1 kernels);
-    executed counts padding taps too. ``split_producer`` (FLOPs per input element of the op
-    feeding it), when not None: the conv runs as :func:`xla_cpu.lr_correlation`."""
-    taps, (oh, ow) = _real_taps(size, (k, k), pads)
-    macs_per_out, bias = int(taps.sum()) * cin, oh * ow * cout  # multiply-adds per out channel
+    """A dense stride-1 conv (``k`` taps ``dilation`` apart), with a bias unless ``bias=False``:
+    useful == XLA's count (but for 1x1x1x1 kernels); executed counts padding taps too.
+    ``split_producer`` (FLOPs per input element of the op feeding it), when not None: the conv
+    runs as :func:`xla_cpu.lr_correlation`. Dilation changes which taps fall on padding, not the
+    dense multiply-adds (``conv_macs``)."""
+    taps, (oh, ow) = _real_taps(size, (k, k), pads, kernel_dilation=dilation)
+    macs_per_out = int(taps.sum()) * cin  # multiply-adds per out channel
+    bias = oh * ow * cout if bias else 0
     conv_out, xla_extra, executed_extra = cout, 0, 0
     if split_producer is not None:
         conv_out, xla_extra, executed_extra = xla_cpu.split_cost(
@@ -198,14 +217,17 @@ def _conv(
         )
     xla = xla_cpu.mac_flops(macs_per_out * conv_out, k * k, cin, conv_out) + xla_extra + bias
     executed = 2 * oh * ow * k * k * cin * conv_out + executed_extra + bias
-    op = f"conv {k}x{k} {cin}->{cout} on {where} {size[0]}x{size[1]}"
-    params = k * k * cin * cout + cout
+    dil = f" dilation {dilation}" if dilation != 1 else ""
+    op = f"conv {k}x{k}{dil} {cin}->{cout} on {where} {size[0]}x{size[1]}"
+    params = k * k * cin * cout + (cout if bias else 0)
     macs = oh * ow * k * k * cin * cout
     useful = 2 * macs_per_out * cout + bias
     return LayerCost(name, op, params, useful, xla, executed, conv_macs=macs)
 
 
-def _deconv(size, k: int, cin: int, cout: int, r: int, split_producer=None) -> LayerCost:
+def _deconv(
+    size, k: int, cin: int, cout: int, r: int, split_producer=None, *, bias: bool = True
+) -> LayerCost:
     """Stride-``r`` transposed conv ("SAME"), run by FastConvTranspose as LR conv + shuffle.
 
     ``split_producer``: None, or the elementwise cost per input element of the op that computes
@@ -214,7 +236,7 @@ def _deconv(size, k: int, cin: int, cout: int, r: int, split_producer=None) -> L
     plans = subpixel.plan((k, k), r, "SAME")
     pads = [p.padding for p in plans]
     taps_z, (oh, ow) = _real_taps(size, (k, k), pads, dilation=r)
-    bias = oh * ow * cout
+    has_bias, bias = bias, (oh * ow * cout if bias else 0)
     useful = 2 * int(taps_z.sum()) * cin * cout + bias
     naive = 2 * oh * ow * k * k * cin * cout + bias
     t_h, t_w = plans[0].taps, plans[1].taps
@@ -228,18 +250,22 @@ def _deconv(size, k: int, cin: int, cout: int, r: int, split_producer=None) -> L
     xla = xla_cpu.mac_flops(macs_lr, t_h * t_w, cin, conv_out) + xla_extra + bias
     executed = 2 * lh * lw * t_h * t_w * cin * conv_out + executed_extra + bias
     op = f"conv_transpose {k}x{k}/{r} {cin}->{cout} as LR conv {t_h}x{t_w} {cin}->{cout * r * r}"
-    params = k * k * cin * cout + cout
+    params = k * k * cin * cout + (cout if has_bias else 0)
     macs = size[0] * size[1] * k * k * cin * cout
     return LayerCost(
         "deconv", op, params, useful, xla, executed, flops_executed_naive=naive, conv_macs=macs
     )
 
 
-def _tied(name: str, size, k: int, cin: int, cout: int, r: int) -> LayerCost:
-    """An HR conv run as its tied LR image: the useful count is the HR conv's."""
-    hr = _conv(name, (size[0] * r, size[1] * r), k, cin, cout, (tied.same_pads(k),) * 2, "HR")
-    lo = tied.same_pads(k)[0]
-    t, u_min = tied.lr_taps(k, r, lo)
+def _tied(name: str, size, k: int, cin: int, cout: int, r: int, dilation: int = 1) -> LayerCost:
+    """An HR conv run as its tied LR image: the useful count is the HR conv's. A dilated HR
+    kernel is tied as its dense form (span ``d*(k-1)+1``, zeros between the taps)."""
+    span = dilation * (k - 1) + 1
+    hr_size = (size[0] * r, size[1] * r)
+    pads = (tied.same_pads(span),) * 2
+    hr = _conv(name, hr_size, k, cin, cout, pads, "HR", dilation=dilation)
+    lo = tied.same_pads(span)[0]
+    t, u_min = tied.lr_taps(span, r, lo)
     taps_lr, (lh, lw) = _real_taps(size, (t, t), ((-u_min, t - 1 + u_min),) * 2)
     c_in, c_out = cin * r * r, cout * r * r
     bias = lh * lw * c_out
@@ -268,19 +294,26 @@ def model_cost(config: ModelConfig, lr_size) -> ModelCost:
     split = None
     if xla_cpu.uses_channel_split(config):
         split = xla_cpu.duplicated_producer(act, ACTIVATION_COST[act][0]) if config.depth > 1 else 0
+    spans, dilations = config.effective_kernel_sizes(), config.dilations
+    bias_after_shuffle = config.upsample_bias == "channel" and fam == "lr"
     for i, ((cin, cout), k) in enumerate(zip(channels, kernels, strict=True)):
         last = i == config.depth - 1
+        d = dilations[i]
         if fam == "hr":
-            layers.append(_conv(f"conv{i}", hr, k, cin, cout, (tied.same_pads(k),) * 2, "HR"))
+            pads = (tied.same_pads(spans[i]),) * 2
+            layers.append(_conv(f"conv{i}", hr, k, cin, cout, pads, "HR", dilation=d))
         elif fam == "lr_tied":
-            layers.append(_tied(f"conv{i}", (h, w), k, cin, cout, r))
+            layers.append(_tied(f"conv{i}", (h, w), k, cin, cout, r, d))
         elif fam == "deconv" and last:
-            layers.append(_deconv((h, w), k, cin, cout, r, split))
+            has_bias = config.upsample_bias != "none"
+            layers.append(_deconv((h, w), k, cin, cout, r, split, bias=has_bias))
         else:
             pads = config.upsample_padding if last else "SAME"
             pads = (tied.same_pads(k),) * 2 if pads == "SAME" else pads
+            has_bias = not last or config.upsample_bias == "default"
+            split_here = split if last else None
             layers.append(
-                _conv(f"conv{i}", (h, w), k, cin, cout, pads, "LR", split if last else None)
+                _conv(f"conv{i}", (h, w), k, cin, cout, pads, "LR", split_here, bias=has_bias)
             )
         if not last:
             grid = hr if fam == "hr" else (h, w)
@@ -288,6 +321,9 @@ def model_cost(config: ModelConfig, lr_size) -> ModelCost:
             layers.append(_act(f"act{i}", per_image, act))
     if fam in ("lr", "lr_tied"):
         layers.append(_fixed("shuffle", f"pixel_shuffle x{r} (a permutation)", 0))
+    if bias_after_shuffle:  # one bias per output channel, tied over the r*r phases
+        bias_layer = _fixed("bias", "add the per-channel bias", hr[0] * hr[1] * c)
+        layers.append(dataclasses.replace(bias_layer, params=c))
     if config.residual:
         layers.append(_fixed("residual", "add bicubic upscale", hr[0] * hr[1] * c))
     return ModelCost(config, (h, w), tuple(layers))

@@ -20,6 +20,19 @@ hidden convs are ``"SAME"``. Activations follow every layer but the last (ESPCN 
 ``residual=True`` adds ``bicubic.upscale(x)`` to the output. ``icnr=True`` initialises the sub-pixel
 layer with ICNR (:func:`icnr.icnr` for ``lr``'s last conv, :func:`icnr.icnr_transposed` for
 ``deconv``'s transposed conv; a ``deconv`` kernel smaller than ``r`` has none and is refused).
+
+Fairness options (docs/fairness.md):
+
+- ``dilations`` (``hr``/``lr_tied``): per-layer kernel dilation of the HR convs. Dilated by ``r``,
+  an HR conv keeps its width, parameters and multiply-adds but reaches ``r`` times as far, so an
+  ``hr`` net sees as many LR pixels as an ``lr`` net with the same kernels.
+- ``upsample_bias``: the last layer's bias. ``"default"``: the family's own (``lr``: one per
+  output channel and phase, ``C*r*r``; ``deconv``: one per channel). ``"channel"``: one per output
+  channel (``lr`` then adds it after the shuffle, tied over the phases, as ``deconv`` does).
+  ``"none"``: no bias (``lr`` and ``deconv``).
+- ``init="lr"`` (``deconv``): the transposed kernel is the exact conversion of the ``lr`` net's
+  initialisation with the same seed (:func:`lr_to_deconv`), so ``lr`` and ``deconv`` start from
+  the same function (with the same ``upsample_bias``, ``"channel"`` or ``"none"``).
 """
 
 from __future__ import annotations
@@ -46,6 +59,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "identity": lambda x: x,
 }
 FAMILY_NAMES = ("lr", "hr", "deconv", "lr_tied")  # the keys of FAMILIES, in a fixed order
+UPSAMPLE_BIAS = ("default", "channel", "none")
+INITS = ("default", "lr")
 _DN = ("NHWC", "HWIO", "NHWC")
 
 PadPairs = tuple[tuple[int, int], tuple[int, int]]
@@ -108,6 +123,9 @@ class ModelConfig:
     upsample_padding: str | PadPairs = "SAME"
     dtype: str | None = None
     param_dtype: str = "float32"
+    dilations: int | tuple[int, ...] | None = None
+    upsample_bias: str = "default"
+    init: str = "default"
 
     def __post_init__(self):
         def put(name, value):
@@ -124,6 +142,37 @@ class ModelConfig:
             put("kernel_sizes", default_kernel_sizes(self.family, depth, self.scale))
         else:
             put("kernel_sizes", _per_layer(self.kernel_sizes, "kernel_sizes", depth))
+        if self.dilations is None:
+            put("dilations", (1,) * depth)
+        else:
+            put("dilations", _per_layer(self.dilations, "dilations", depth))
+            if self.family not in ("hr", "lr_tied") and set(self.dilations) != {1}:
+                raise ValueError(
+                    f"dilations apply to the HR convs of families 'hr' and 'lr_tied', not "
+                    f"{self.family!r}: got {self.dilations!r}"
+                )
+        if self.upsample_bias not in UPSAMPLE_BIAS:
+            raise ValueError(
+                f"upsample_bias must be one of {UPSAMPLE_BIAS}, got {self.upsample_bias!r}"
+            )
+        if self.upsample_bias != "default" and self.family not in ("lr", "deconv"):
+            raise ValueError(
+                f"upsample_bias={self.upsample_bias!r} applies to families 'lr' and 'deconv', "
+                f"not {self.family!r}"
+            )
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.init == "lr":
+            k = self.kernel_sizes[-1]
+            if self.family != "deconv":
+                raise ValueError(f"init='lr' applies to family 'deconv', not {self.family!r}")
+            taps = subpixel.plan((k, k), self.scale, "SAME")[0].taps
+            if taps * self.scale != k or self.icnr:
+                raise ValueError(
+                    f"init='lr' needs a transposed kernel size that is a multiple of the scale "
+                    f"{self.scale} (got {k}) and icnr=False: only then is every LR weight one "
+                    "transposed weight"
+                )
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}"
@@ -179,6 +228,12 @@ class ModelConfig:
     def activation_fn(self) -> Callable[[jax.Array], jax.Array]:
         return ACTIVATIONS[self.activation]
 
+    def effective_kernel_sizes(self) -> tuple[int, ...]:
+        """Per layer, the span of a kernel in its grid's pixels: ``d * (k - 1) + 1``."""
+        return tuple(
+            d * (k - 1) + 1 for k, d in zip(self.kernel_sizes, self.dilations, strict=True)
+        )
+
 
 def _check_input(x_NHWC: jax.Array, config: ModelConfig) -> None:
     if jnp.ndim(x_NHWC) != 4 or x_NHWC.shape[-1] != config.channels:
@@ -197,6 +252,10 @@ def _convs(
     for i, ((cin, cout), k) in enumerate(zip(channels, config.kernel_sizes, strict=False)):
         last = i == config.depth - 1
         options = {"kernel_init": last_init} if last and last_init is not None else {}
+        if last and config.upsample_bias != "default":
+            options["use_bias"] = False  # "channel": added after the shuffle; "none": no bias
+        if config.dilations[i] != 1:
+            options["kernel_dilation"] = (config.dilations[i],) * 2
         layers.append(
             nnx.Conv(
                 cin,
@@ -228,12 +287,17 @@ class LRNet(nnx.Module):
         if config.icnr:
             init = icnr.icnr(config.scale, order=config.order)
         self.convs = _convs(config, config.depth, rngs, config.upsample_padding, init)
+        self.bias = nnx.data(None)  # "channel": one bias per output channel, after the shuffle
+        if config.upsample_bias == "channel":
+            self.bias = nnx.Param(jnp.zeros((config.channels,), config.param_dtype))
 
     def __call__(self, x_NHWC: jax.Array) -> jax.Array:
         cfg = self.config
         _check_input(x_NHWC, cfg)
         z = self.convs[-1](_hidden(self.convs[:-1], cfg.activation_fn(), x_NHWC))
         y = ops.pixel_shuffle(z, cfg.scale, cfg.order)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(y.dtype)
         return y + bicubic.upscale(x_NHWC, cfg.scale).astype(y.dtype) if cfg.residual else y
 
 
@@ -260,11 +324,19 @@ class DeconvNet(nnx.Module):
         _expect(config, "deconv")
         self.config = config
         r, k = config.scale, config.kernel_sizes[-1]
-        self.convs = _convs(config, config.depth - 1, rngs)
         cin, cout = config.layer_channels()[-1]
-        kwargs = {}
+        kwargs = {"use_bias": config.upsample_bias != "none"}
         if config.icnr:
             kwargs["kernel_init"] = icnr.icnr_transposed((k, k), r, "SAME", config.order)
+        if config.init == "lr":  # the lr net of these rngs, its sub-pixel kernel converted
+            start = LRNet(_lr_image_config(config), rngs=rngs)
+            self.convs = nnx.List(list(start.convs)[:-1])
+            kernel = subpixel.lr_to_zero_insertion(
+                start.convs[-1].kernel[...], (k, k), r, "SAME", config.order
+            )
+            kwargs["kernel_init"] = lambda key, shape, dtype: kernel.astype(dtype)
+        else:
+            self.convs = _convs(config, config.depth - 1, rngs)
         self.deconv = FastConvTranspose(
             cin,
             cout,
@@ -300,7 +372,8 @@ class LRTiedNet(nnx.Module):
         up = bicubic.upscale_phases(x_NHWC, r, cfg.order)  # (N, h, w, C*r*r)
         z = up
         for i, conv in enumerate(self.convs):
-            kernel_lr, padding_lr = tied.hr_conv_to_tied_lr(conv.kernel[...], r, "SAME", cfg.order)
+            kernel_hr = _dilate_kernel(conv.kernel[...], cfg.dilations[i])
+            kernel_lr, padding_lr = tied.hr_conv_to_tied_lr(kernel_hr, r, "SAME", cfg.order)
             bias = tied.tie_bias(conv.bias[...], r, cfg.order)
             z, kernel_lr, bias = nnx.nn.dtypes.promote_dtype((z, kernel_lr, bias), dtype=cfg.dtype)
             z = lax.conv_general_dilated(z, kernel_lr, (1, 1), padding_lr, dimension_numbers=_DN)
@@ -310,6 +383,19 @@ class LRTiedNet(nnx.Module):
         if cfg.residual:
             z = z + up.astype(z.dtype)
         return ops.pixel_shuffle(z, r, cfg.order)
+
+
+def _dilate_kernel(kernel_HWIO: jax.Array, dilation: int) -> jax.Array:
+    """The dense kernel of a dilated one: ``dilation - 1`` zero taps between its taps."""
+    if dilation == 1:
+        return kernel_HWIO
+    kh, kw, ci, co = kernel_HWIO.shape
+    d = dilation  # pads and reshapes only: no scatter, nothing for XLA to count as FLOPs
+    holes = jnp.pad(
+        kernel_HWIO[:, None, :, None], ((0, 0), (0, d - 1), (0, 0), (0, d - 1), (0, 0), (0, 0))
+    )
+    dense = holes.reshape(kh * d, kw * d, ci, co)
+    return dense[: (kh - 1) * d + 1, : (kw - 1) * d + 1]
 
 
 FAMILIES: dict[str, type[nnx.Module]] = {
@@ -349,8 +435,9 @@ def receptive_field(config: ModelConfig) -> int:
     ``lr``: ``1 + sum(k - 1)``. ``deconv``: the hidden convs' plus the LR taps of the transposed
     conv that reach the phase (3 for ``K = 3r``). ``hr``/``lr_tied``: the HR window
     ``1 + sum(k - 1)`` HR pixels, mapped through the bicubic upscale: about ``sum(k - 1)/r + 3``
-    LR pixels, a third of ``lr``'s at ``r = 3`` with equal kernels (scale ``hr``'s kernels by
-    ``r`` to match).
+    LR pixels, a third of ``lr``'s at ``r = 3`` with equal kernels (dilate ``hr``'s convs by ``r``,
+    or scale its kernels by ``r``, to match). Dilated kernels count by their span
+    ``d * (k - 1) + 1``: the window's extent, though a dilated tap skips the pixels between.
     """
     r, kernels = config.scale, config.kernel_sizes
     hidden = [tied.same_pads(k) for k in kernels[: config.depth - 1]]
@@ -359,7 +446,7 @@ def receptive_field(config: ModelConfig) -> int:
     for axis in range(2):
         for a in range(r):  # output sample q = a of LR pixel 0
             if config.family in ("hr", "lr_tied"):
-                pads = [tied.same_pads(k) for k in kernels]
+                pads = [tied.same_pads(k) for k in config.effective_kernel_sizes()]
                 lo_hr, hi_hr = sum(lo for lo, _ in pads), sum(hi for _, hi in pads)
                 ends = [_bicubic_support(q, r) for q in range(a - lo_hr, a + hi_hr + 1)]
                 first, last = min(e[0] for e in ends), max(e[1] for e in ends)
@@ -407,6 +494,64 @@ def hr_to_lr_tied(model: HRNet) -> LRTiedNet:
     return tied_net
 
 
+def _lr_image_config(config: ModelConfig) -> ModelConfig:
+    """The ``lr`` config whose sub-pixel conv is the LR face of ``deconv`` config's transposed conv
+    (:func:`subpixel.plan`: its taps and LR padding)."""
+    r, k = config.scale, config.kernel_sizes[-1]
+    plan_h, plan_w = subpixel.plan((k, k), r, "SAME")
+    assert plan_h.crop == plan_w.crop == 0, "'SAME' transposed convs need no crop"
+    lr_pads = (plan_h.lr_padding, plan_w.lr_padding)
+    return config.replace(
+        family="lr",
+        kernel_sizes=(*config.kernel_sizes[:-1], plan_h.taps),
+        upsample_padding="SAME" if lr_pads == (tied.same_pads(plan_h.taps),) * 2 else lr_pads,
+        icnr=False,
+        init="default",
+    )
+
+
+def lr_to_deconv(model: LRNet, kernel_size: int | None = None) -> DeconvNet:
+    """The ``deconv`` net with the same output as ``model`` (inverse of :func:`deconv_to_lr`).
+
+    ``kernel_size``: the transposed kernel's ``K`` (default ``r`` times the LR kernel's). Exact when
+    ``model``'s sub-pixel conv is the LR face of a ``K x K`` transposed conv (taps and padding as
+    :func:`subpixel.plan` gives them) and its bias is ``"channel"`` or ``"none"`` (a per-phase bias
+    has no transposed form).
+    """
+    if not isinstance(model, LRNet):
+        raise ValueError(f"model must be an LRNet, got {type(model).__name__}")
+    cfg = model.config
+    r = cfg.scale
+    k = kernel_size if kernel_size is not None else r * cfg.kernel_sizes[-1]
+    if cfg.upsample_bias == "default":
+        raise ValueError(
+            "lr_to_deconv needs upsample_bias 'channel' or 'none': lr's per-phase bias "
+            "(C*r*r values) has no transposed-conv form"
+        )
+    deconv_cfg = cfg.replace(
+        family="deconv", kernel_sizes=(*cfg.kernel_sizes[:-1], k), upsample_padding="SAME"
+    )
+    image = _lr_image_config(deconv_cfg)
+    if (image.kernel_sizes[-1], image.upsample_padding) != (
+        cfg.kernel_sizes[-1],
+        cfg.upsample_padding,
+    ):
+        raise ValueError(
+            f"lr's sub-pixel conv ({cfg.kernel_sizes[-1]} taps, padding {cfg.upsample_padding!r})"
+            f" is not the LR face of a {k}x{k} 'SAME' transposed conv at scale {r}"
+        )
+    net = _empty(deconv_cfg)
+    nnx.update(net.convs, jax.tree.map(jnp.copy, nnx.state(model.convs[:-1])))
+    kernel = subpixel.lr_to_zero_insertion(
+        model.convs[-1].kernel[...], (k, k), r, "SAME", cfg.order
+    )
+    update = {"kernel": kernel}
+    if cfg.upsample_bias == "channel":
+        update["bias"] = jnp.copy(model.bias[...])
+    nnx.update(net.deconv, update)
+    return net
+
+
 def deconv_to_lr(model: DeconvNet) -> LRNet:
     """The ``lr`` net with the same output: the transposed kernel re-indexed into an LR kernel."""
     if not isinstance(model, DeconvNet):
@@ -421,11 +566,16 @@ def deconv_to_lr(model: DeconvNet) -> LRNet:
             kernel_sizes=(*cfg.kernel_sizes[:-1], plan_h.taps),
             upsample_padding=(plan_h.lr_padding, plan_w.lr_padding),
             icnr=False,
+            init="default",
         )
     )
     state = jax.tree.map(jnp.copy, nnx.state(model.convs))
     kernel_lr = subpixel.zero_insertion_to_lr(model.deconv.kernel[...], r, "SAME", cfg.order)
-    bias_lr = tied.tie_bias(model.deconv.bias[...], r, cfg.order)  # the same per-phase layout
     nnx.update(lr_net.convs, state)
-    nnx.update(lr_net.convs[-1], {"kernel": kernel_lr, "bias": bias_lr})
+    nnx.update(lr_net.convs[-1], {"kernel": kernel_lr})
+    if cfg.upsample_bias == "default":  # deconv's per-channel bias, copied to every phase
+        bias_lr = tied.tie_bias(model.deconv.bias[...], r, cfg.order)
+        nnx.update(lr_net.convs[-1], {"bias": bias_lr})
+    elif cfg.upsample_bias == "channel":  # lr keeps it per channel too
+        nnx.update(lr_net, {"bias": jnp.copy(model.deconv.bias[...])})
     return lr_net

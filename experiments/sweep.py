@@ -5,6 +5,8 @@
         --config.data.train=tfds:div2k/bicubic_x3 --shard=0/8                 # machine 0 of 8
     python experiments/sweep.py --config=my_sweep.py --workdir=DIR            # a custom grid
     python experiments/sweep.py --preset=quick --workdir=DIR --dry_run        # list the points
+    python experiments/sweep.py --preset=quick --workdir=DIR --lr_search      # the search only
+    python experiments/sweep.py --preset=quick --workdir=DIR --latency_only   # after the shards
 
 ``--preset=NAME`` is ``--config=experiments/configs/sweep.py:NAME``; either takes overrides such as
 ``--config.seeds=0,1,2``, ``--config.families=lr,hr`` or
@@ -12,7 +14,14 @@
 ``WORKDIR/points/<point_id>`` and appends one record to ``WORKDIR/results.jsonl`` (with
 ``--shard=i/n``: ``results.shard-i-of-n.jsonl``; n machines share one grid and one workdir, and
 the report merges their files). Re-running skips completed points and resumes a half-trained one
-from its checkpoint; a failed point is recorded and the sweep goes on. At the end the report
+from its checkpoint; a failed point is recorded and the sweep goes on.
+
+Before the grid, a config with ``lr_search.rates`` runs the learning-rate search (short runs in
+``WORKDIR/lr_search``, scored on the training subset, never the validation sets) once and writes
+``WORKDIR/lr_search.json``; every point then trains at its family's chosen rate. A sharded sweep
+needs it first (``--lr_search``, one machine). After the grid, every completed point's forward pass
+is timed interleaved in this one process (``WORKDIR/latency.json``); a sharded sweep does it as a
+final step (``--latency_only``, one machine, after every shard). At the end the report
 (``experiments/report.py``) is written to ``WORKDIR/report``; stdout gets the table, the conclusion
 and that directory (``--json``: one JSON object).
 """
@@ -25,18 +34,19 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
 from espcn_jax import cli
-from espcn_jax.study import grid, outputs, results, runner
+from espcn_jax.study import grid, lr_search, outputs, results, runner
 from espcn_jax.study.point import Context
 from espcn_jax.training import Interrupted
 
 HERE = Path(__file__).resolve().parent
 SWEEP_CONFIG = HERE / "configs" / "sweep.py"
 ENGINE_CONFIG = HERE / "configs" / "espcn.py"
-PRESETS = ("quick", "paper", "smoke")
+PRESETS = ("quick", "standard", "paper", "smoke")
 
 flags.DEFINE_string(
     "workdir", None, "Directory for points, results.jsonl and the report (local or gs://)."
@@ -53,6 +63,15 @@ flags.DEFINE_bool(
     "dry_run", False, "Print the (sharded) points, widths solved, and exit without training."
 )
 flags.DEFINE_bool("progress", True, "Progress bar over points on stderr.")
+flags.DEFINE_bool(
+    "lr_search", False, "Run the learning-rate search only, write WORKDIR/lr_search.json, exit."
+)
+flags.DEFINE_bool(
+    "latency_only",
+    False,
+    "Time every completed point interleaved (WORKDIR/latency.json) and exit: a sharded sweep's "
+    "final step.",
+)
 JSON = cli.define_json_flag()
 flags.DEFINE_bool(
     "distributed",
@@ -91,18 +110,67 @@ def check_config(sweep) -> None:
     cli.check_channels(sweep.model.channels, "config.model.channels")
 
 
+def _point_rows(points: list[dict]) -> list[str]:
+    head = f"{'point_id':<60} {'family':<7} {'role':<11} {'depth':>5} {'widths':<10} {'budget':>9}"
+    lines = [head + f" {'steps':>6} {'rf':<6} {'lr':>7} seed"]
+    for p in points:
+        widths = ",".join(str(w) for w in p["widths"])
+        lr = "engine" if p["lr"] is None else format(p["lr"], ".2g")
+        lines.append(
+            f"{p['point_id']:<60} {p['family']:<7} {p['role']:<11} {p['depth']:>5} {widths:<10} "
+            f"{p['budget']:>9.4g} {p['steps']:>6} {p['rf_match']:<6} {lr:>7} {p['seed']}"
+        )
+    return lines
+
+
 def dry_run_table(plan: dict) -> str:
     index, count = plan["shard"]
-    lines = [f"{len(plan['run'])} of {plan['points']} points in shard {index}/{count}:"]
-    head = f"{'point_id':<44} {'family':<7} {'depth':>5} {'widths':<12} {'budget':>9} {'steps':>6}"
-    lines.append(head + " seed")
-    for p in plan["run"]:
-        widths = ",".join(str(w) for w in p["widths"])
-        lines.append(
-            f"{p['point_id']:<44} {p['family']:<7} {p['depth']:>5} {widths:<12} "
-            f"{p['budget']:>9.4g} {p['steps']:>6} {p['seed']}"
-        )
+    lines = []
+    if plan.get("lr_search"):
+        lines += [f"learning-rate search first: {len(plan['lr_search'])} short runs:"]
+        lines += _point_rows(plan["lr_search"]) + [""]
+        lines += ["then the grid (rates shown are the config's until the search has run):"]
+    lines.append(f"{len(plan['run'])} of {plan['points']} points in shard {index}/{count}:")
+    lines += _point_rows(plan["run"])
+    work = sum(p["steps"] for p in plan["run"] + plan.get("lr_search", []))
+    lines.append(f"total: {work} training steps")
     return "\n".join(lines)
+
+
+def lr_table(searched: dict) -> str:
+    lines = [f"{'family':<7} {'lr':>8} {'train PSNR':>10} runs failed"]
+    for row in searched["table"]:
+        psnr = "-" if row["train_psnr"] is None else f"{row['train_psnr']:.3f}"
+        lines.append(
+            f"{row['family']:<7} {row['lr']:>8.2g} {psnr:>10} {row['runs']:>4} {row['failed']:>6}"
+        )
+    chosen = ", ".join(f"{k}={v:g}" for k, v in searched["lrs"].items())
+    return "\n".join([*lines, f"chosen (training-subset PSNR, not validation): {chosen}"])
+
+
+def _run_lr_search(sweep, workdir: str) -> dict:
+    """Runs the search's points in WORKDIR/lr_search, writes and returns its choice."""
+    search_dir = os.path.join(workdir, lr_search.SUBDIR)
+    ctx = Context(sweep, engine_config(sweep.get("engine_preset")), search_dir)
+    points = lr_search.points(sweep)
+    logging.info("learning-rate search: %d short runs in %s", len(points), search_dir)
+    runner.run(points, ctx, os.path.join(search_dir, results.FILENAME), progress=FLAGS.progress)
+    families = grid.names(sweep.families)
+    if jax.process_count() == 1:
+        chosen = lr_search.choose(results.read_dir(search_dir), families)
+        lr_search.write(workdir, chosen)
+        return chosen
+    # Multi-host: process 0 (the one that wrote the records) decides, the others receive its rates.
+    from jax.experimental import multihost_utils
+
+    chosen = {"lrs": {}, "table": []}
+    if jax.process_index() == 0:
+        chosen = lr_search.choose(results.read_dir(search_dir), families)
+        lr_search.write(workdir, chosen)
+    rates = np.asarray([chosen["lrs"].get(f, 0.0) for f in families], np.float64)
+    rates = multihost_utils.broadcast_one_to_all(rates)
+    chosen["lrs"] = {f: float(r) for f, r in zip(families, rates, strict=True)}
+    return chosen
 
 
 def summary_table(summary: dict) -> str:
@@ -120,19 +188,48 @@ def main(argv: list[str]) -> None:
     if FLAGS.workdir is None:
         raise ValueError("--workdir is required")
     if FLAGS.config is None:
-        raise ValueError("give --preset=quick|paper|smoke or --config=FILE")
+        raise ValueError("give --preset=quick|standard|paper|smoke or --config=FILE")
     sweep = FLAGS.config
     check_config(sweep)
     index, count = grid.parse_shard(FLAGS.shard)
     if FLAGS.distributed:
         jax.distributed.initialize()
-    points = grid.expand(sweep)
-    mine = grid.shard(points, index, count)
+    workdir = FLAGS.workdir
+    searched = lr_search.read(workdir) if lr_search.enabled(sweep) else None
     if FLAGS.dry_run:
-        plan = {"points": len(points), "shard": [index, count], "run": [p.as_dict() for p in mine]}
+        search = lr_search.points(sweep) if lr_search.enabled(sweep) and not searched else []
+        points = grid.expand(sweep, (searched or {}).get("lrs"))
+        mine = grid.shard(points, index, count)
+        plan = {
+            "points": len(points),
+            "shard": [index, count],
+            "lr_search": [p.as_dict() for p in search],
+            "run": [p.as_dict() for p in mine],
+        }
         cli.emit(plan, dry_run_table)
         return
-    workdir = FLAGS.workdir
+    ctx = Context(sweep, engine_config(sweep.get("engine_preset")), workdir)
+    if lr_search.enabled(sweep) and searched is None:
+        if count > 1 and not FLAGS.lr_search:
+            raise ValueError(
+                "a sharded sweep needs the learning-rate search first: run the same command "
+                "once with --lr_search (one machine), then the shards"
+            )
+        searched = _run_lr_search(sweep, workdir)
+    if FLAGS.lr_search:
+        cli.emit(searched or {"lrs": {}, "table": []}, lr_table)
+        return
+    points = grid.expand(sweep, (searched or {}).get("lrs"))
+    if FLAGS.latency_only:
+        out = runner.write_latency(ctx, points)
+        cli.emit(
+            {
+                "latency": os.path.join(workdir, runner.LATENCY_FILE),
+                "points": len(out.get("points", {})),
+            }
+        )
+        return
+    mine = grid.shard(points, index, count)
     path = os.path.join(workdir, results.filename((index, count)))
     logging.info(
         "sweep: %d points, shard %d/%d runs %d; results -> %s",
@@ -142,12 +239,13 @@ def main(argv: list[str]) -> None:
         len(mine),
         path,
     )
-    ctx = Context(sweep, engine_config(sweep.get("engine_preset")), workdir)
     try:
         counts = runner.run(mine, ctx, path, progress=FLAGS.progress)
     except Interrupted as e:
         print(f"interrupted: {e}; run the same command again to resume", file=sys.stderr)
         sys.exit(128 + e.signum)
+    if count == 1 and jax.process_index() == 0 and sweep.measure.get("latency_rounds", 0):
+        runner.write_latency(ctx, points)
     summary = {
         "workdir": workdir,
         "results": path,

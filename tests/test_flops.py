@@ -48,7 +48,14 @@ def useful_reference(config: ModelConfig, lr_shape) -> dict[str, float]:
         k, r = config.kernel_sizes[-1], config.scale
         cin = config.layer_channels()[-1][0]
         net.deconv = nnx.eval_shape(
-            lambda: nnx.ConvTranspose(cin, config.channels, (k, k), (r, r), rngs=nnx.Rngs(0))
+            lambda: nnx.ConvTranspose(
+                cin,
+                config.channels,
+                (k, k),
+                (r, r),
+                use_bias=config.upsample_bias != "none",
+                rngs=nnx.Rngs(0),
+            )
         )
     return flops.xla_cost(net, lr_shape)
 
@@ -139,6 +146,40 @@ def _check_against_xla(config: ModelConfig, lr_size: tuple[int, int]) -> None:
                       upsample_padding=((1, 0), (0, 1))), (6, 5)))  # fmt: skip
 def test_analytic_counts_equal_xla(case):
     _check_against_xla(*case)
+
+
+@pytest.mark.parametrize(
+    "config, lr_size",
+    [
+        (ModelConfig(family="hr", scale=3, widths=(4, 3), dilations=(3, 3, 1)), (7, 9)),
+        (ModelConfig(family="hr", scale=2, widths=(4, 3), dilations=2, residual=True), (5, 6)),
+        (ModelConfig(family="lr_tied", scale=3, widths=(4, 3), dilations=(3, 3, 1)), (5, 4)),
+        (
+            ModelConfig(
+                family="lr_tied",
+                scale=2,
+                widths=(4, 3),
+                kernel_sizes=(3, 2, 3),
+                dilations=(2, 3, 1),
+            ),
+            (5, 4),
+        ),  # fmt: skip
+        (ModelConfig(family="lr", scale=3, widths=(4, 17), upsample_bias="channel"), (4, 6)),
+        (ModelConfig(family="lr", scale=2, widths=(4, 3), upsample_bias="none"), (4, 6)),
+        (ModelConfig(family="deconv", scale=3, widths=(4, 3), upsample_bias="none"), (4, 6)),
+    ],
+)
+def test_fairness_options_count_as_xla(config, lr_size):
+    """Dilated HR convs and the last layer's bias options: analytic counts equal XLA's."""
+    _check_against_xla(config, lr_size)
+
+
+def test_dilation_keeps_the_conv_macs():
+    """Dilating hr's convs by r changes what they see, not their dense multiply-adds."""
+    plain = ModelConfig(family="hr", scale=3, widths=(8, 6))
+    dilated = plain.replace(dilations=(3, 3, 1))
+    assert flops.model_cost(dilated, (36, 64)).conv_macs == conv_macs_by_hand(plain, (36, 64))
+    assert flops.model_cost(dilated, (36, 64)).params == flops.model_cost(plain, (36, 64)).params
 
 
 @pytest.mark.parametrize("family", ["lr", "hr", "deconv"])

@@ -15,11 +15,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from espcn_jax import models
-from espcn_jax.models import FAMILIES, ModelConfig, build_model, deconv_to_lr, hr_to_lr_tied
+from espcn_jax.models import (
+    FAMILIES,
+    ModelConfig,
+    build_model,
+    deconv_to_lr,
+    hr_to_lr_tied,
+    lr_to_deconv,
+)
 
 SMALL = dict(depth=3, widths=(6, 4))
 
@@ -189,6 +197,83 @@ def test_deconv_to_lr_identical_output(scale, k_deconv, order, residual):
     assert _max_err(y, reference(x)) < 1e-5
 
 
+@pytest.mark.parametrize(
+    "bias, scale, order",
+    [("default", 3, "tf"), ("channel", 3, "tf"), ("none", 3, "tf"), ("channel", 2, "torch")],
+)
+def test_deconv_init_lr_is_the_lr_net_of_the_same_seed(bias, scale, order):
+    """init='lr': the deconv net starts as the lr net of the same seed, for every bias option;
+    the default init does not (its fan-in is (3r)^2 C, not 9 C)."""
+    fields = dict(scale=scale, order=order, upsample_bias=bias, **SMALL)
+    lr = build_model("lr", rngs=nnx.Rngs(4), **fields)
+    deconv = build_model("deconv", init="lr", rngs=nnx.Rngs(4), **fields)
+    other = build_model("deconv", rngs=nnx.Rngs(4), **fields)
+    x = _x((2, 6, 7, 1), seed=3)
+    y = apply(lr, x)
+    assert _max_err(apply(deconv, x), y) < 1e-6
+    assert _max_err(apply(other, x), y) > 1e-2
+    if bias != "default":
+        lr.bias is None or lr.bias.set_value(_x((1,), seed=8))  # a bias must convert too
+        back = lr_to_deconv(lr)
+        assert isinstance(back, models.DeconvNet)
+        assert _max_err(apply(back, x), apply(lr, x)) < 1e-6
+        assert _max_err(apply(deconv_to_lr(back), x), apply(lr, x)) < 1e-6
+
+
+def test_lr_channel_bias_is_tied_over_phases():
+    lr = build_model("lr", scale=2, upsample_bias="channel", rngs=nnx.Rngs(0), **SMALL)
+    none = build_model("lr", scale=2, upsample_bias="none", rngs=nnx.Rngs(0), **SMALL)
+    assert lr.convs[-1].bias is None and none.bias is None and lr.bias.shape == (1,)
+    lr.bias.set_value(jnp.asarray([0.25]))
+    x = _x((1, 4, 5, 1))
+    assert _max_err(apply(lr, x) - 0.25, apply(none, x)) < 1e-6
+
+
+def _train(net: nnx.Module, xs: jax.Array, ys: jax.Array, lr: float = 3e-3) -> nnx.Module:
+    """Adam on MSE, one step per leading index of ``xs``/``ys`` (plain optax under one
+    ``lax.scan``: the test's own loop)."""
+    graphdef, params = nnx.split(net)
+    tx = optax.adam(lr)
+
+    def step(carry, batch):
+        params, opt_state = carry
+
+        def loss(p):
+            return jnp.mean((nnx.merge(graphdef, p)(batch[0]) - batch[1]) ** 2)
+
+        grads = jax.grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    run = jax.jit(lambda params: jax.lax.scan(step, (params, tx.init(params)), (xs, ys))[0][0])
+    return nnx.merge(graphdef, run(params))
+
+
+def test_lr_and_deconv_train_identically_from_the_converted_start():
+    """The note's first claim at the training level: lr and deconv (K = 3r) from the converted
+    initialisation, the bias tied per channel in both, the same batches and an elementwise
+    optimiser (Adam) follow the same trajectory: 300 steps later the outputs agree to float
+    tolerance. With lr's own per-phase bias (one more parameter per phase) they do not."""
+    r, steps = 3, 300
+    fields = dict(scale=r, depth=3, widths=(6, 4), residual=True)
+    xs = jax.random.uniform(jax.random.key(1), (steps, 4, 8, 8, 1))
+    noise = 0.05 * jax.random.normal(jax.random.key(3), (steps, 4, 8 * r, 8 * r, 1))
+    ys = jnp.repeat(jnp.repeat(xs, r, axis=2), r, axis=3) + noise  # a target nets must learn
+    x_test = jax.random.uniform(jax.random.key(2), (2, 11, 13, 1))
+    out = {}
+    for bias in ("channel", "default"):
+        start = build_model("lr", upsample_bias=bias, rngs=nnx.Rngs(5), **fields)
+        deconv = build_model("deconv", init="lr", upsample_bias=bias, rngs=nnx.Rngs(5), **fields)
+        before = _max_err(apply(deconv, x_test), apply(start, x_test))
+        lr, deconv = _train(start, xs, ys), _train(deconv, xs, ys)
+        moved = _max_err(apply(lr, x_test), apply(start, x_test))
+        out[bias] = (before, _max_err(apply(deconv, x_test), apply(lr, x_test)), moved)
+    before, after, moved = out["channel"]
+    assert before < 1e-6 and moved > 1e-2  # it trained
+    assert after < 1e-4
+    assert out["default"][1] > 1e-3  # per-phase bias: another function class's trajectory
+
+
 def test_converters_reject_the_wrong_family():
     lr = build_model("lr", scale=2, rngs=nnx.Rngs(0), **SMALL)
     with pytest.raises(ValueError, match="model must be an HRNet, got LRNet"):
@@ -276,6 +361,10 @@ def _gradient_field(net: nnx.Module, h: int) -> int:
         dict(family="deconv", scale=3, kernel_sizes=(3, 3, 6)),
         dict(family="deconv", scale=2, kernel_sizes=(3, 1, 5), residual=True),
         dict(family="deconv", scale=4, depth=1, widths=(), kernel_sizes=(3,)),
+        dict(family="hr", scale=3, kernel_sizes=(5, 3, 3), dilations=(3, 3, 1)),  # rf_match
+        dict(family="hr", scale=2, kernel_sizes=(5, 3, 3), dilations=2, residual=True),
+        dict(family="hr", scale=4, kernel_sizes=(3, 3, 2), dilations=(4, 1, 3)),
+        dict(family="lr_tied", scale=3, kernel_sizes=(5, 3, 3), dilations=(3, 3, 1)),
     ],
 )
 def test_receptive_field_is_the_gradient_support(fields):
@@ -291,6 +380,25 @@ def test_receptive_field_of_the_paper_nets():
     assert models.receptive_field(ModelConfig.espcn(scale=3)) == 9
     assert models.receptive_field(ModelConfig(family="hr", scale=3)) == 7
     assert models.receptive_field(ModelConfig(family="hr", scale=3, kernel_sizes=(15, 9, 9))) == 14
+    # hidden convs dilated by r: lr's conv window, plus the bicubic's reach
+    assert models.receptive_field(ModelConfig(family="hr", scale=3, dilations=(3, 3, 1))) == 11
+
+
+def test_dilated_hr_keeps_width_and_parameters():
+    plain = build_model("hr", scale=3, rngs=nnx.Rngs(0), **SMALL)
+    dilated = build_model("hr", scale=3, dilations=(3, 3, 1), rngs=nnx.Rngs(0), **SMALL)
+    shapes = lambda net: [p.shape for p in jax.tree.leaves(nnx.state(net, nnx.Param))]  # noqa: E731
+    assert shapes(plain) == shapes(dilated)
+    x = _x((1, 9, 9, 1))
+    assert _max_err(apply(hr_to_lr_tied(dilated), x), apply(dilated, x)) < 1e-6
+    # the dilated conv is lax's rhs_dilation of the same kernel (an independent reference)
+    conv = dilated.convs[0]
+    up = models.bicubic.upscale(x, 3)
+    ref = jax.lax.conv_general_dilated(
+        up, conv.kernel[...], (1, 1), "SAME", rhs_dilation=(3, 3),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    ) + conv.bias[...]  # fmt: skip
+    assert _max_err(conv(up), ref) < 1e-6
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,6 +454,12 @@ def test_icnr_output_is_nearest_neighbour_at_init(family, order):
         (dict(family="hr", icnr=True), "icnr applies to families 'lr' and 'deconv', not 'hr'"),
         (dict(upsample_padding=((0, 0), (1, 1))), "upsample_padding must be 'SAME' or"),
         (dict(family="deconv", upsample_padding="VALID"), "upsample_padding must be 'SAME' for"),
+        (dict(dilations=(1, 3, 1)), "dilations apply to the HR convs of families 'hr' and"),
+        (dict(family="hr", dilations=(3, 0, 1)), "dilations must be an integer >= 1, got 0"),
+        (dict(upsample_bias="phase"), "upsample_bias must be one of .* got 'phase'"),
+        (dict(family="hr", upsample_bias="none"), "upsample_bias='none' applies to families"),
+        (dict(init="lr"), "init='lr' applies to family 'deconv', not 'lr'"),
+        (dict(family="deconv", kernel_sizes=(5, 3, 8), init="lr"), "init='lr' needs a transposed"),
     ],
 )
 def test_bad_config_names_argument_and_value(fields, message):

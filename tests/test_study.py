@@ -43,35 +43,112 @@ def brute_force_width(base: models.ModelConfig, budget: float, lr_size, metric: 
     return best[1]
 
 
+def grid_only(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``cfg`` without the points beside the grid (control, equivalence, search)."""
+    cfg.control.steps = 0
+    cfg.equivalence.budgets = ()
+    cfg.lr_search.rates = ()
+    return cfg
+
+
 @pytest.mark.parametrize(
-    "match_rf, metric", [(False, "conv_macs"), (True, "conv_macs"), (False, "flops")]
+    "rf_match, metric",
+    [("none", "conv_macs"), ("kernel", "conv_macs"), ("dilate", "conv_macs"), ("none", "flops")],
 )
-def test_expand_solves_each_family_to_its_nearest_width(match_rf, metric):
-    cfg = sweep_config("quick")
+def test_expand_solves_each_family_to_its_nearest_width(rf_match, metric):
+    cfg = grid_only(sweep_config("quick"))
     cfg.families = ("lr", "hr", "deconv")
     cfg.budgets = (1e4,)
-    cfg.match_rf = (match_rf,)
+    cfg.seeds = (0,)
+    cfg.rf_match = (rf_match,)
     cfg.budget.metric = metric
     cfg.budget.lr_size = "24x32"
     points = grid.expand(cfg)
     lr_size = (24, 32)
     for p in points:
-        kernels = (15, 9, 9) if (match_rf and p.family == "hr") else None
+        hr = p.family == "hr"
+        kernels = (15, 9, 9) if (rf_match == "kernel" and hr) else None
+        dilations = (3, 3, 1) if (rf_match == "dilate" and hr) else None
         base = models.ModelConfig(
-            family=p.family, depth=3, widths=1, residual=True, kernel_sizes=kernels
-        )
+            family=p.family, depth=3, widths=1, residual=True, kernel_sizes=kernels,
+            dilations=dilations,
+        )  # fmt: skip
         want = brute_force_width(base, 1e4 * 24 * 32, lr_size, metric)
         assert p.model.widths == (want, want), p.point_id
         assert p.model.kernel_sizes == (kernels or models.default_kernel_sizes(p.family, 3, 3))
+        assert p.model.dilations == (dilations or (1, 1, 1)) and p.rf_match == rf_match
         achieved = getattr(flops.model_cost(p.model, lr_size), metric) / (24 * 32)
         assert p.achieved == pytest.approx(achieved)
+
+
+def test_dilation_matches_the_receptive_field_at_the_same_width():
+    """rf_match='dilate' keeps hr's width (its MACs do not change) and reaches lr's receptive
+    field; 'kernel' reaches it by costing width."""
+    cfg = grid_only(sweep_config("quick"))
+    cfg.budgets, cfg.seeds, cfg.budget.lr_size = (1e4,), (0,), "24x32"
+    by = {}
+    for rf in grid.RF_MATCH:
+        cfg.rf_match = (rf,)
+        by[rf] = {p.family: p for p in grid.expand(cfg)}
+    assert by["dilate"]["hr"].width == by["none"]["hr"].width > by["kernel"]["hr"].width
+    rf = {k: models.receptive_field(v["hr"].model) for k, v in by.items()}
+    lr_rf = models.receptive_field(by["none"]["lr"].model)
+    assert rf["none"] < lr_rf <= rf["dilate"]
+    assert by["dilate"]["lr"].definition() == by["none"]["lr"].definition()  # lr unchanged
+
+
+def test_old_match_rf_field_is_a_clear_error():
+    cfg = sweep_config("quick")
+    cfg.match_rf = (False, True)
+    with pytest.raises(
+        ValueError, match=r"match_rf was replaced by rf_match.*\('none', 'kernel'\)"
+    ):
+        grid.expand(cfg)
+
+
+def test_control_and_equivalence_points_differ_only_where_they_should():
+    cfg = sweep_config("quick")
+    cfg.budget.lr_size = "24x32"
+    points = grid.expand(cfg)
+    grid_pts = {(p.family, p.budget, p.seed): p for p in points if p.role == "grid"}
+    control = [p for p in points if p.role == "control"]
+    assert control and {p.steps for p in control} == {4 * cfg.steps[0]}
+    for p in control:  # the same net, rate and seed as its grid cell, trained longer
+        twin = grid_pts[(p.family, p.budget, p.seed)]
+        assert (p.model, p.lr, p.setting) == (twin.model, twin.lr, twin.setting)
+        assert p.cell != twin.cell and p.point_id != twin.point_id
+    eq = [p for p in points if p.role == "equivalence"]
+    assert sorted(p.family for p in eq) == ["deconv", "lr"]
+    lr, deconv = sorted(eq, key=lambda p: p.family != "lr")
+    assert lr.model.upsample_bias == deconv.model.upsample_bias == "channel"
+    assert deconv.model.init == "lr" and lr.model.widths == deconv.model.widths
+    assert lr.lr == deconv.lr and lr.cell == deconv.cell
+
+
+def test_control_budgets_must_be_grid_cells():
+    cfg = sweep_config("quick")
+    cfg.control.budgets = (7e3,)
+    with pytest.raises(ValueError, match=r"control.budgets \(7000.0,\) are not on the budgets"):
+        grid.expand(cfg)
+
+
+def test_per_family_learning_rates_reach_points_and_ids():
+    cfg = grid_only(sweep_config("quick"))
+    cfg.budget.lr_size = "24x32"
+    cfg.lrs.hr = 1e-3
+    points = grid.expand(cfg)
+    assert {p.lr for p in points if p.family == "hr"} == {1e-3}
+    assert {p.lr for p in points if p.family == "lr"} == {cfg.engine.opt.lr}
+    searched = grid.expand(cfg, {"lr": 1e-2})
+    assert {p.lr for p in searched if p.family == "lr"} == {1e-2}
+    assert {p.point_id for p in searched if p.family == "lr"}.isdisjoint(p.point_id for p in points)
 
 
 def test_expand_is_the_product_of_the_axes_with_families_adjacent():
     cfg = sweep_config("quick")
     cfg.budget.metric, cfg.budget.lr_size = "flops", "16x16"
     cfg.depths, cfg.budgets, cfg.seeds, cfg.residual = (2, 3), (1e4, 2e4), (0, 1, 2), (False, True)
-    points = grid.expand(cfg)
+    points = grid.expand(grid_only(cfg))
     want = set(itertools.product((2, 3), (1e4, 2e4), (0, 1, 2), (False, True), cfg.families))
     got = [(p.depth, p.budget, p.seed, p.residual, p.family) for p in points]
     assert sorted(got) == sorted(want) and len(got) == len(want)
@@ -219,10 +296,18 @@ class FakeEngine:
         progress = pathlib.Path(workdir) / "progress"
         start = int(progress.read_text()) if progress.exists() else 0
         name = pathlib.Path(workdir).name
+        every = config.eval.get("every_steps", 0)
+        sets = config.eval.sets.split(",")
         for step in range(start, config.train.steps):
             progress.write_text(str(step + 1))
+            row = {"step": step + 1, "train_loss": 1.0 / (step + 1)}
+            if (every and (step + 1) % every == 0) or step + 1 == config.train.steps:
+                for set_name in sets:  # made-up scores, as the engine writes them
+                    row |= {f"eval/{set_name}/psnr": 20.0 + step, f"eval/{set_name}/ssim": 0.5}
+                with open(pathlib.Path(workdir) / "kept", "a") as f:  # a checkpoint kept
+                    f.write(f"{step + 1}\n")
             with open(pathlib.Path(workdir) / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": step + 1, "train_loss": 1.0 / (step + 1)}) + "\n")
+                f.write(json.dumps(row) + "\n")
             for prefix, at in self.fail.items():
                 if name.startswith(prefix) and step + 1 == at:
                     self.calls.append((name, start, step + 1))
@@ -237,7 +322,10 @@ class FakeEngine:
         }
         return {"step": config.train.steps, "train_time_s": 0.0, "train_loss": 0.5, "eval": evals}
 
-    def restore(self, workdir):
+    def restore(self, workdir, step=None):
+        kept = pathlib.Path(workdir) / "kept"
+        if step is not None and str(step) not in kept.read_text().split():
+            raise ValueError(f"no checkpoint at step {step}")
         cfg = json.loads((pathlib.Path(workdir) / "config.json").read_text())
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["model"].items()}
         mcfg = models.ModelConfig(**fields)
@@ -351,6 +439,141 @@ def test_ok_record_has_the_promised_keys_and_consistent_costs(tmp_path, smoke_po
     assert tied["psnr_hr"] == pytest.approx(tied["psnr_lr_tied"], abs=1e-3)
     assert tied["max_abs_output_diff"] < 1e-4
     json.dumps(results._clean(rec), allow_nan=False)  # the record is strict JSON
+    assert rec["rf_match"] == hr.rf_match and rec["steps"] == hr.steps
+    assert rec["lr"] == rec["config"]["opt"]["lr"] == hr.lr
+    assert rec["receptive_field"] == models.receptive_field(hr.model)
+
+
+def test_curve_has_every_evaluation_step_with_validation_and_training_psnr(tmp_path, smoke_points):
+    cfg, points = smoke_points
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.eval.tied_check = False
+    cfg.eval.curve_points = 4  # 8 steps: evaluations and checkpoints at 2, 4, 6, 8
+    engine = FakeEngine()
+    ctx = point.Context(
+        cfg, base_config(), tmp_path, train_fn=engine.train, restore_fn=engine.restore
+    )
+    lr = points[0]
+    config = point.training_config(lr, cfg, base_config())
+    assert config.eval.every_steps == config.train.checkpoint_every_steps == 2
+    assert config.train.keep_checkpoints >= 5  # every curve step is kept
+    rec = point.run_point(lr, ctx)
+    curve = rec["curve"]
+    assert [c["step"] for c in curve] == [2, 4, 6, 8]
+    val = cfg.eval.sets[0]
+    assert [c["eval"][val]["psnr"] for c in curve] == [21.0, 23.0, 25.0, 27.0]
+    assert all(set(c) == {"step", "eval", "train_psnr"} for c in curve)
+    assert all(isinstance(c["train_psnr"], float) for c in curve)
+    assert curve[-1]["train_psnr"] == pytest.approx(rec["train_loss_psnr"])
+    (tmp_path / "points" / lr.point_id / "kept").write_text("8\n")  # only the last kept
+    again = point.run_point(lr, ctx)
+    assert [c["train_psnr"] is None for c in again["curve"]] == [True, True, True, False]
+
+
+def test_schedule_is_relative_to_each_run(smoke_points):
+    cfg, points = smoke_points
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.schedule.warmup_fraction = 0.25
+    short = points[0]
+    long = grid.Point(**{**short.__dict__, "steps": 4 * short.steps})
+    a = point.training_config(short, cfg, base_config())
+    b = point.training_config(long, cfg, base_config())
+    assert (a.opt.warmup_steps, b.opt.warmup_steps) == (2, 8)
+    assert a.opt.lr == b.opt.lr and a.model.to_dict() == b.model.to_dict()
+
+
+# --- latency, interleaved ------------------------------------------------------------------------
+
+
+def test_round_robin_interleaves_and_rotates_the_order():
+    log, now = [], [0.0]
+
+    def clock():
+        now[0] += 1.0  # one "second" per clock read: each sample is 1000 ms
+        return now[0]
+
+    calls = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
+    samples = measure.round_robin(calls, rounds=3, repeats=2, warmup=1, clock=clock)
+    assert log[:3] == ["a", "b", "c"]  # warm-up, once each
+    timed = log[3:]
+    assert timed == ["a", "a", "b", "b", "c", "c", "b", "b", "c", "c", "a", "a",
+                     "c", "c", "a", "a", "b", "b"]  # fmt: skip
+    assert {k: len(v) for k, v in samples.items()} == {"a": 6, "b": 6, "c": 6}
+    assert all(ms == 1000.0 for v in samples.values() for ms in v)
+    with pytest.raises(ValueError, match="rounds and repeats must be >= 1"):
+        measure.round_robin(calls, rounds=0, repeats=1)
+
+
+def test_interleaved_latency_json_format():
+    nets = {
+        "a": models.build_model("lr", depth=2, widths=3, rngs=nnx.Rngs(0)),
+        "b": models.build_model("hr", depth=2, widths=2, rngs=nnx.Rngs(1)),
+    }
+    out = measure.interleaved_latency(nets, (8, 12), rounds=2, repeats=3)
+    json.loads(json.dumps(out, allow_nan=False))
+    assert (out["lr_size"], out["rounds"], out["repeats"]) == ("8x12", 2, 3)
+    assert set(out["points"]) == {"a", "b"}
+    for timing in out["points"].values():
+        assert len(timing["samples_ms"]) == 6
+        assert timing["median_ms"] == pytest.approx(float(np.median(timing["samples_ms"])))
+
+
+def test_write_latency_times_only_completed_points(tmp_path, smoke_points):
+    cfg, points = smoke_points
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.eval.tied_check = False
+    engine = FakeEngine(fail={points[1].point_id: 3})
+    ctx = point.Context(
+        cfg, base_config(), tmp_path, train_fn=engine.train, restore_fn=engine.restore
+    )
+    runner.run(points, ctx, tmp_path / "results.jsonl", progress=False)
+    out = runner.write_latency(ctx, points)
+    ok = {p.point_id for p in points} - {points[1].point_id}
+    assert set(out["points"]) == ok
+    assert json.loads((tmp_path / "latency.json").read_text()) == json.loads(json.dumps(out))
+
+
+# --- learning-rate search ------------------------------------------------------------------------
+
+
+def test_lr_search_points_cover_family_rate_seed():
+    from espcn_jax.study import lr_search
+
+    cfg = sweep_config("quick")
+    cfg.budget.lr_size = "24x32"
+    pts = lr_search.points(cfg)
+    rates = cfg.lr_search.rates
+    assert {(p.family, p.lr) for p in pts} == {(f, r) for f in cfg.families for r in rates}
+    assert {p.role for p in pts} == {"lr_search"} and {p.steps for p in pts} == {
+        cfg.lr_search.steps
+    }
+    assert len({p.point_id for p in pts}) == len(pts)
+
+
+def test_lr_search_chooses_by_training_psnr_per_family():
+    from espcn_jax.study import lr_search
+
+    def rec(family, lr, seed, psnr, status="ok"):
+        return {"point_id": f"{family}-{lr}-{seed}", "role": "lr_search", "family": family,
+                "lr": lr, "seed": seed, "status": status, "train_loss_psnr": psnr}  # fmt: skip
+
+    records = [
+        rec("lr", 1e-3, 0, 30.0), rec("lr", 1e-3, 1, 30.2),
+        rec("lr", 3e-3, 0, 30.5), rec("lr", 3e-3, 1, 30.4),
+        rec("lr", 1e-2, 0, 31.0, "failed"), rec("lr", 1e-2, 1, None, "failed"),  # diverged
+        rec("hr", 1e-3, 0, 29.0), rec("hr", 3e-3, 0, 29.0),  # a tie: the smaller rate
+        rec("deconv", 1e-3, 0, 28.0, "failed"),
+        {"point_id": "x", "role": "grid", "family": "hr", "lr": 1e-2, "status": "ok",
+         "train_loss_psnr": 99.0},  # not a search record
+    ]  # fmt: skip
+    chosen = lr_search.choose(records, ("lr", "hr"))
+    assert chosen["lrs"] == {"lr": 3e-3, "hr": 1e-3}
+    row = [r for r in chosen["table"] if r["family"] == "lr" and r["lr"] == 1e-2][0]
+    assert row["train_psnr"] is None and row["failed"] == 2
+    assert [r["train_psnr"] for r in chosen["table"] if r["family"] == "lr"][:2] == [
+        pytest.approx(30.1), pytest.approx(30.45)]  # fmt: skip
+    with pytest.raises(ValueError, match="no successful run of family 'deconv'"):
+        lr_search.choose(records, ("deconv",))
 
 
 def test_train_loss_on_the_fixed_subset_matches_a_numpy_mse(smoke_points):

@@ -7,16 +7,24 @@
   temporaries - aliased), per call;
 - quality: the evaluation protocol on each validation set, and the final training loss on a fixed
   training subset (the same patches for every point), so that fitting capacity and
-  generalisation can be told apart.
+  generalisation can be told apart;
+- convergence: :func:`curve`, validation PSNR/SSIM (from the engine's ``metrics.jsonl``) and the
+  training subset's PSNR (from the checkpoint kept at each evaluation step) over training;
+- speed compared fairly: :func:`interleaved_latency`, every model timed in round-robin rounds in
+  one process (``latency.json``).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from espcn_jax import data, evaluate, flops, images, models, pipeline, timing
@@ -156,3 +164,99 @@ def tied_check(model: nnx.Module, source: data.Source, scale: int) -> dict:
     with jax.default_matmul_precision("highest"):
         diff = float(jnp.max(jnp.abs(model(lr) - tied(lr))))
     return {"psnr_hr": a["psnr"], "psnr_lr_tied": b["psnr"], "max_abs_output_diff": diff}
+
+
+# --- convergence -----------------------------------------------------------------------------
+
+
+def eval_rows(metrics_path: str | epath.Path, sets) -> dict[int, dict]:
+    """``{step: {set: {"psnr", "ssim"}}}`` from a run's ``metrics.jsonl`` (rows ``eval/<set>/psnr``
+    and ``eval/<set>/ssim``); steps where some set is missing are left out; later rows win."""
+    path = epath.Path(metrics_path)
+    if not path.exists():
+        return {}
+    out: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        for name in sets:
+            psnr, ssim = row.get(f"eval/{name}/psnr"), row.get(f"eval/{name}/ssim")
+            if psnr is not None:
+                out.setdefault(int(row["step"]), {})[name] = {"psnr": psnr, "ssim": ssim}
+    return {step: evals for step, evals in sorted(out.items()) if set(evals) == set(sets)}
+
+
+def curve(
+    metrics_path: str | epath.Path,
+    sets,
+    subset: list[dict[str, np.ndarray]],
+    model_at: Callable[[int], nnx.Module | None],
+) -> list[dict]:
+    """The convergence curve: per evaluation step, the validation scores of every set and the
+    training subset's PSNR of the checkpoint of that step (None where none is kept)."""
+    points = []
+    for step, evals in eval_rows(metrics_path, sets).items():
+        model = model_at(step)
+        train_psnr = None
+        if model is not None:
+            train_psnr = train_loss(model, subset)["psnr"]
+        points.append({"step": step, "eval": evals, "train_psnr": train_psnr})
+    return points
+
+
+# --- latency, interleaved ----------------------------------------------------------------------
+
+
+def round_robin(
+    calls: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int,
+    repeats: int,
+    warmup: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Times every call interleaved: ``warmup`` untimed calls each, then ``rounds`` rounds; in
+    round ``k`` the calls run in the order rotated by ``k`` (no call always first after another),
+    each ``repeats`` times in a row. Each call must block until its result is ready. Returns the
+    samples in milliseconds per name, in the order taken."""
+    if rounds < 1 or repeats < 1:
+        raise ValueError(f"rounds and repeats must be >= 1, got {rounds} and {repeats}")
+    names = list(calls)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for k in range(rounds):
+        shift = k % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            for _ in range(repeats):
+                t0 = clock()
+                calls[name]()
+                samples[name].append((clock() - t0) * 1e3)
+    return samples
+
+
+def interleaved_latency(
+    models_by_id: Mapping[str, nnx.Module], lr_size, *, rounds: int, repeats: int
+) -> dict:
+    """Forward latency of every model at ``lr_size`` (batch 1), timed interleaved in this process
+    (:func:`round_robin`): ``{"lr_size": "HxW", "repeats", "rounds", "points": {id: {"median_ms",
+    "samples_ms"}}}`` (the ``latency.json`` format)."""
+    h, w = lr_size
+    calls = {}
+    for pid, model in models_by_id.items():
+        fwd, state = _forward(model)
+        x = jax.random.normal(jax.random.key(0), (1, h, w, model.config.channels), jnp.float32)
+        calls[pid] = lambda fwd=fwd, state=state, x=x: jax.block_until_ready(fwd(state, x))
+    samples = round_robin(calls, rounds=rounds, repeats=repeats)
+    return {
+        "lr_size": f"{h}x{w}",
+        "repeats": repeats,
+        "rounds": rounds,
+        "points": {
+            pid: {"median_ms": float(np.median(ms)), "samples_ms": ms}
+            for pid, ms in samples.items()
+        },
+    }

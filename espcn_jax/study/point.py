@@ -24,17 +24,21 @@ import jax
 import ml_collections
 from etils import epath
 
-from espcn_jax import data, flops
+from espcn_jax import data, flops, models
 from espcn_jax.study import measure, results
 from espcn_jax.study.grid import Point, model_dict, names
 
 TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
-RestoreFn = Callable[[str], tuple]
+RestoreFn = Callable[..., tuple]  # (workdir, step=None) -> (model, config)
+METRICS_FILE = "metrics.jsonl"  # the engine's (espcn_jax.training.writers.METRICS_FILE)
 
 
 def eval_sets(sweep: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The validation set names (``eval.sets``: a tuple or a comma-separated string)."""
     sets = names(sweep.eval.sets)
+    extra = sweep.eval.get("set5", "")  # a Set5 folder, where the user has one
+    if extra:
+        sets += (f"folder:{extra}",)
     if not sets:
         raise ValueError("eval.sets is empty: give at least one validation set")
     return sets
@@ -55,11 +59,22 @@ def merge(target: ml_collections.ConfigDict, overrides: dict, where: str = "engi
             target[key] = value
 
 
+def curve_interval(steps: int, curve_points: int) -> int:
+    """Steps between two points of the convergence curve (0: none but the final evaluation)."""
+    if curve_points < 0:
+        raise ValueError(f"eval.curve_points must be >= 0, got {curve_points}")
+    return max(1, steps // curve_points) if curve_points else 0
+
+
 def training_config(
     point: Point, sweep: ml_collections.ConfigDict, base: ml_collections.ConfigDict
 ) -> ml_collections.ConfigDict:
-    """The engine config of ``point``: ``base`` + the point's model, steps and seed, the sweep's
-    training data and validation sets + the sweep's ``engine`` overrides."""
+    """The engine config of ``point``: ``base`` + the point's model, steps, seed and peak
+    learning rate, the sweep's training data and validation sets + the sweep's ``engine``
+    overrides; then what is defined relative to the run's length, so that a cell at k x the steps
+    differs in nothing else: the warm-up (``schedule.warmup_fraction`` of the steps; the cosine
+    decay already ends at the last step) and the curve (``eval.curve_points`` evaluations and
+    checkpoints, all kept)."""
     cfg = copy.deepcopy(base)
     with cfg.unlocked():
         for key, value in model_dict(point.model).items():
@@ -71,6 +86,19 @@ def training_config(
             cfg.data.data_dir = sweep.data.data_dir
         cfg.eval.sets = ",".join(eval_sets(sweep))
     merge(cfg, sweep.engine.to_dict())
+    with cfg.unlocked():
+        if point.lr is not None:
+            cfg.opt.lr = point.lr
+        fraction = sweep.get("schedule", {}).get("warmup_fraction")
+        if fraction is not None:
+            if not 0 <= fraction < 1:
+                raise ValueError(f"schedule.warmup_fraction must be in [0, 1), got {fraction!r}")
+            cfg.opt.warmup_steps = int(round(fraction * point.steps))
+        interval = curve_interval(point.steps, int(sweep.eval.get("curve_points", 0) or 0))
+        if interval:
+            cfg.eval.every_steps = interval
+            cfg.train.checkpoint_every_steps = interval
+            cfg.train.keep_checkpoints = point.steps // interval + 2
     return cfg
 
 
@@ -182,16 +210,26 @@ def run_point(point: Point, ctx: Context) -> dict:
     evals = {name: final["eval"][name] for name in eval_sets(ctx.sweep)}
     with jax.default_matmul_precision("highest"):  # numbers that compare across devices
         loss = measure.train_loss(model, ctx.subset)
-    cost = measure.cost(
-        model,
-        flops.parse_size(m.latency_lr_size, "measure.latency_lr_size"),
-        latency_repeats=m.latency_repeats,
-        throughput_batch=m.throughput_batch,
-        throughput_lr_size=flops.parse_size(m.throughput_lr_size, "measure.throughput_lr_size"),
-    )
+        curve = measure.curve(
+            workdir / METRICS_FILE, eval_sets(ctx.sweep), ctx.subset,
+            functools.partial(_model_at, ctx, workdir, point.steps, model),
+        )  # fmt: skip
+    cost = {}
+    if point.role != "lr_search":  # the search scores training fit only
+        cost = measure.cost(
+            model,
+            flops.parse_size(m.latency_lr_size, "measure.latency_lr_size"),
+            latency_repeats=m.latency_repeats,
+            throughput_batch=m.throughput_batch,
+            throughput_lr_size=flops.parse_size(m.throughput_lr_size, "measure.throughput_lr_size"),
+        )
     first = eval_sets(ctx.sweep)[0]
     record = {
         **point.as_dict(),
+        "lr": float(config.opt.lr),  # the peak rate this run used
+        "warmup_steps": int(config.opt.get("warmup_steps", 0)),
+        "receptive_field": models.receptive_field(point.model),
+        "curve": curve,
         "status": results.STATUS_OK,
         "psnr": evals[first]["psnr"],
         "ssim": evals[first]["ssim"],
@@ -206,11 +244,23 @@ def run_point(point: Point, ctx: Context) -> dict:
         "bicubic": ctx.bicubic,
         "bicubic_psnr": ctx.bicubic[first]["psnr"],
     }
-    if ctx.sweep.eval.tied_check and point.family == "hr":
+    if ctx.sweep.eval.tied_check and point.family == "hr" and point.role != "lr_search":
         with jax.default_matmul_precision("highest"):
             record["tied_check"] = measure.tied_check(model, ctx.sets[first], scale)
     record.update(_common(point, config, ctx, start))
     return record
+
+
+def _model_at(ctx: Context, workdir, steps: int, final_model, step: int):
+    """The model of the checkpoint at ``step`` (the final one is already restored); None when no
+    checkpoint of that step is kept."""
+    if step == steps:
+        return final_model
+    try:
+        model, _ = ctx.restore_fn(os.fspath(workdir), step=step)
+    except (ValueError, FileNotFoundError):
+        return None
+    return model
 
 
 def failure_record(point: Point, ctx: Context, error: BaseException, start: float) -> dict:
@@ -236,6 +286,7 @@ def _common(point: Point, config, ctx: Context, start: float) -> dict:
         "sweep": {
             k: ctx.sweep[k].to_dict()
             for k in ("model", "budget", "data", "engine", "eval", "measure")
+            if k in ctx.sweep
         },
         "workdir": os.fspath(point_dir(ctx.workdir, point)),
         **provenance(),

@@ -8,10 +8,17 @@ A progress bar over the points to run, with an ETA, goes to stderr.
 
 Multi-host (after ``jax.distributed.initialize()``): every process runs every point of its shard
 (the engine trains each point over all processes' devices) and only process 0 appends records.
+
+:func:`write_latency` times every completed point's forward pass interleaved in one process
+(``<workdir>/latency.json``, :func:`measure.interleaved_latency`): after the sweep when one process
+ran the whole grid, or as the final step of a sharded sweep (``experiments/sweep.py
+--latency_only``), so latency ratios never compare timings taken at different times.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -21,9 +28,10 @@ from absl import logging
 from etils import epath
 from tqdm import tqdm
 
-from espcn_jax.study import results
+from espcn_jax import flops
+from espcn_jax.study import measure, results
 from espcn_jax.study.grid import Point
-from espcn_jax.study.point import Context, failure_record, run_point
+from espcn_jax.study.point import Context, failure_record, point_dir, run_point
 from espcn_jax.training import Interrupted
 
 
@@ -67,3 +75,29 @@ def run(
             counts[record["status"]] += 1
             bar.update(work(point))
     return counts
+
+
+LATENCY_FILE = "latency.json"
+
+
+def write_latency(ctx: Context, points: Sequence[Point]) -> dict:
+    """Times the completed (``ok``) points among ``points`` interleaved (``measure.latency_rounds``
+    rounds of ``measure.latency_repeats`` calls each) and writes ``<workdir>/latency.json``;
+    returns what it wrote. Process 0 only (others return ``{}``)."""
+    if jax.process_index() != 0:
+        return {}
+    done = results.completed(results.read_dir(ctx.workdir))
+    m = ctx.sweep.measure
+    models = {}
+    for point in points:
+        if point.point_id in done and point.role != "lr_search":
+            models[point.point_id], _ = ctx.restore_fn(os.fspath(point_dir(ctx.workdir, point)))
+    lr_size = flops.parse_size(m.latency_lr_size, "measure.latency_lr_size")
+    rounds = int(m.get("latency_rounds", 5))
+    out = measure.interleaved_latency(models, lr_size, rounds=rounds, repeats=m.latency_repeats)
+    path = epath.Path(ctx.workdir) / LATENCY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{LATENCY_FILE}.tmp"
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.replace(path)
+    return out

@@ -67,14 +67,16 @@ def _abstract(steps: step_lib.Steps):
     )
 
 
-def restore(workdir: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
-    """The model of the latest checkpoint in ``workdir`` and the run's config (from the run
-    directory alone)."""
+def restore(
+    workdir: str | Path, step: int | None = None
+) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+    """The model of the latest checkpoint in ``workdir`` (or of ``step``: ValueError if it is not
+    kept there) and the run's config (from the run directory alone)."""
     config = cfg_lib.load(workdir)
     _, _, steps = _build(config, step_lib.make_mesh(jax.devices()[:1]))
     ckpts = checkpoint.Checkpoints(workdir, read_only=True)
     try:
-        state, _ = ckpts.restore(_abstract(steps))
+        state, _ = ckpts.restore(_abstract(steps), step)
     finally:
         ckpts.close()
     return steps.model(state.params), config

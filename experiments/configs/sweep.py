@@ -1,36 +1,75 @@
-"""Sweep configs for experiments/sweep.py: ``get_config("quick" | "paper" | "smoke")``.
+"""Sweep configs for experiments/sweep.py: ``get_config("quick" | "standard" | "paper" | "smoke")``.
 
     python experiments/sweep.py --preset=quick --workdir=/tmp/study
+    python experiments/sweep.py --preset=standard --workdir=/tmp/std --config.eval.set5=/data/Set5
     python experiments/sweep.py --config=experiments/configs/sweep.py:paper \\
         --config.data.train=tfds:div2k/bicubic_x3 --config.seeds=0,1,2 --workdir=gs://bucket/study
 
-The axes (``families`` ... ``match_rf``) are expanded by ``espcn_jax.study.grid.expand``; every
+The axes (``families`` ... ``rf_match``) are expanded by ``espcn_jax.study.grid.expand``; every
 other group is shared by all points. ``engine`` is merged into the training engine's config
 (``experiments/configs/espcn.py``) for every point, after the point's model, steps and seed.
+
+Beside the grid: ``control`` (the convergence control: the cells at ``control.budgets`` trained
+``control.steps``, k x the grid's steps), ``equivalence`` (lr and deconv from the same function at
+``equivalence.budgets``), ``lr_search`` (per-family peak learning rate chosen on the training
+subset before the grid runs; ``lrs`` sets rates by hand instead) and ``eval.curve_points``
+(validation and training-subset PSNR at that many steps of every run).
+
+Presets (DRAFT sizes: the step counts are the one knob, ``STEPS`` below):
+
+- ``quick`` (target <= 15 min on a 2-core CPU): lr and hr, 3 budgets spanning 8x, 3 seeds, hr's
+  receptive field matched by dilation, a 4x-steps control at the middle budget, the lr/deconv
+  equivalence check at the smallest budget (one seed), a 3-rate search.
+- ``standard`` (<= ~2 h): lr and hr, 5 budgets spanning 16x, 3 seeds, the 4x control at the middle
+  budget, 8 curve points; ``--config.eval.set5=DIR`` adds a Set5 folder as a second set.
 """
 
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
-PRESETS = ("quick", "paper", "smoke")
+PRESETS = ("quick", "standard", "paper", "smoke")
+STEPS = {"quick": 500, "standard": 4000, "paper": 100_000, "smoke": 8}  # grid steps per preset
+CONTROL_FACTOR = 4  # the convergence control trains k x the grid's steps
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset = arg or "quick"
     if preset not in PRESETS:
         raise ValueError(f"sweep preset must be one of {PRESETS}, got {preset!r}")
+    steps = STEPS[preset]
     c = ml_collections.ConfigDict()
     c.preset = preset
 
     # --- the grid's axes (each a tuple; the sweep is their product) ---
-    c.families = ("lr", "hr", "deconv")  # espcn_jax.models.FAMILY_NAMES
+    c.families = ("lr", "hr")  # espcn_jax.models.FAMILY_NAMES
     c.depths = (3,)  # conv layers, the upsampling layer included
-    c.budgets = (1e4, 2.5e4)  # in budget.metric per budget.unit (ESPCN x3: 2.26e4 MACs/LR px)
-    c.seeds = (0, 1)  # init and batch order
-    c.steps = (2500,)  # training length in optimiser steps
+    c.budgets = (5e3, 1.5e4, 4e4)  # in budget.metric per budget.unit (ESPCN x3: 2.26e4 MACs/LR px)
+    c.seeds = (0, 1, 2)  # init and batch order
+    c.steps = (steps,)  # training length in optimiser steps
     c.residual = (True,)  # add the bicubic upscale to the output (the shared prior)
-    c.match_rf = (False,)  # True: hr kernels x r, so its receptive field matches lr's
+    # none | dilate (hr's hidden convs dilated by r: lr's receptive field, same width and MACs)
+    # | kernel (hr's kernels x r: same receptive field, less width at a matched budget)
+    c.rf_match = ("dilate",)
+
+    # --- beside the grid ---
+    c.control = ml_collections.ConfigDict()
+    c.control.steps = CONTROL_FACTOR * steps  # 0: no convergence control
+    c.control.budgets = (1.5e4,)  # the cells repeated at control.steps
+    c.equivalence = ml_collections.ConfigDict()
+    c.equivalence.budgets = (5e3,)  # lr and deconv from the same function; () to skip
+    c.equivalence.seeds = (0,)
+    c.lr_search = ml_collections.ConfigDict()
+    c.lr_search.rates = (1e-3, 3e-3, 1e-2)  # () : no search (lrs / engine.opt.lr)
+    c.lr_search.steps = steps // 2
+    c.lr_search.budgets = (1.5e4,)
+    c.lr_search.seeds = (0,)
+    c.lrs = ml_collections.ConfigDict()  # per-family peak rates by hand (a search overrides)
+    for family in ("lr", "hr", "deconv", "lr_tied"):
+        c.lrs[family] = config_dict.placeholder(float)
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.warmup_fraction = 0.04  # of each run's steps (the cosine decay ends at its end)
 
     # --- shared by every point ---
     c.model = ml_collections.ConfigDict()
@@ -57,42 +96,51 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.engine.train.batch_size = 16  # patches per step
     c.engine.train.patch = 24  # LR patch side
     c.engine.train.log_every_steps = 100  # training curve resolution (metrics.jsonl)
-    c.engine.train.checkpoint_every_steps = 1000  # resume granularity
     c.engine.opt = ml_collections.ConfigDict()
-    c.engine.opt.lr = 3e-3  # Adam, cosine decay to final_lr
-    c.engine.opt.warmup_steps = 100
-    c.engine.eval = ml_collections.ConfigDict()
-    c.engine.eval.every_steps = 0  # evaluate at the end only
+    c.engine.opt.lr = 3e-3  # Adam peak, cosine decay to final_lr (a family without a rate)
 
     c.eval = ml_collections.ConfigDict()
     # validation sets: "skimage:validation", "folder:DIR" (e.g. Set5), "tfds:NAME" (its
     # validation split); the first one gives the records' top-level psnr/ssim
     c.eval.sets = ("skimage:validation",)
+    c.eval.set5 = ""  # a Set5 folder: added as folder:DIR after eval.sets
+    c.eval.curve_points = 4  # evaluations (and kept checkpoints) over each run
     c.eval.tied_check = True  # hr points: also evaluate the same net run in LR space (lr_tied)
 
     c.measure = ml_collections.ConfigDict()
     c.measure.latency_lr_size = "360x640"  # forward latency at this LR size (1080p out at x3)
-    c.measure.latency_repeats = 3  # timed calls (median reported)
+    c.measure.latency_repeats = 3  # timed calls per model per round (latency.json)
+    c.measure.latency_rounds = 5  # round-robin rounds over every model (latency.json)
     c.measure.throughput_batch = 4  # images per call for images/s
     c.measure.throughput_lr_size = "90x160"
-    c.measure.train_loss_batches = 4  # fixed training batches for the final training loss
+    c.measure.train_loss_batches = 4  # fixed training batches for the training-subset PSNR
     c.measure.train_loss_batch = 32
     c.measure.train_loss_patch = 24
 
-    if preset == "paper":
+    if preset == "standard":
+        c.budgets = (2.5e3, 5e3, 1e4, 2e4, 4e4)
+        c.control.budgets = (1e4,)
+        c.equivalence.budgets = (1e4,)
+        c.lr_search.budgets = (1e4,)
+        c.eval.curve_points = 8
+        c.measure.latency_rounds = 7
+    elif preset == "paper":
+        c.families = ("lr", "hr", "deconv")
         c.depths = (3, 5)
         c.budgets = (5e3, 1e4, 2.26e4, 5e4, 1e5)
-        c.seeds = (0, 1, 2)
-        c.steps = (100_000,)
         c.residual = (False, True)
+        c.control.steps = 2 * steps  # 200k: long runs need a smaller factor to stay affordable
+        c.control.budgets = (2.26e4,)
+        c.lr_search.steps = steps // 10
+        c.equivalence.budgets = ()
+        c.lr_search.budgets = (2.26e4,)
         c.engine.train.batch_size = 64
         c.engine.train.patch = 17  # ESPCN's LR patches
         c.engine.train.log_every_steps = 500
-        c.engine.train.checkpoint_every_steps = 5000
-        c.engine.opt.warmup_steps = 1000
         c.model.scheme = "taper"  # ESPCN's 64:32 shape
         c.data.train = "tfds:div2k/bicubic_x3"
         c.eval.sets = ("tfds:div2k/bicubic_x3", "skimage:validation")  # add folder:Set5 etc.
+        c.eval.curve_points = 10
         c.measure.latency_repeats = 20
         c.measure.throughput_batch = 16
         c.measure.throughput_lr_size = "360x640"
@@ -103,13 +151,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.engine.train.log_every_steps = 2
         c.engine.train.checkpoint_every_steps = 4
         c.engine.opt.warmup_steps = 0
-        c.families = ("lr", "hr")
+        c.schedule.warmup_fraction = None
         c.budgets = (2e3,)
-        c.steps = (8,)
+        c.seeds = (0, 1)
+        c.rf_match = ("none",)
+        c.control.steps = 0
+        c.control.budgets = (2e3,)
+        c.equivalence.budgets = ()
+        c.lr_search.rates = ()
         c.budget.lr_size = "32x32"
+        c.eval.curve_points = 0
         c.eval.tied_check = False  # tested in tests/test_study.py; saves time here
         c.measure.latency_lr_size = "32x48"
         c.measure.latency_repeats = 2
+        c.measure.latency_rounds = 2
         c.measure.throughput_batch = 2
         c.measure.throughput_lr_size = "16x16"
         c.measure.train_loss_batches = 1

@@ -2,9 +2,9 @@
 
     python experiments/sweep.py --config=experiments/configs/sweep_fairness.py --workdir=DIR
 
-The quick preset's budgets and training, for ``lr`` against ``hr`` with and without ``hr``'s kernels
-scaled by r (its receptive field then matches ``lr``'s), each with the residual on and off: every
-switch is an axis, so the report shows each comparison side by side.
+The quick preset's budgets and training, for ``lr`` against ``hr`` with its receptive field as is,
+matched by dilation (same width and MACs) and matched by kernels times r (less width), each with
+the residual on and off: every switch is an axis, so the report shows each comparison side by side.
 """
 
 from __future__ import annotations
@@ -21,5 +21,7 @@ def get_config(arg: str | None = None):
     config = sweep.get_config(arg or "quick")
     config.families = ("lr", "hr")
     config.residual = (False, True)
-    config.match_rf = (False, True)
+    config.rf_match = ("none", "dilate", "kernel")
+    config.control.steps = 0
+    config.equivalence.budgets = ()
     return config

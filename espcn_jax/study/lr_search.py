@@ -1,0 +1,113 @@
+"""Per-family peak learning rate, chosen on training data, never on the validation sets.
+
+One learning rate tuned on ESPCN 64-32 and used for every family favours that family. The search
+trains every family at each of ``lr_search.rates`` (short runs: ``lr_search.steps`` steps at
+``lr_search.budgets``, ``lr_search.seeds``) and picks per family the rate with the best mean PSNR
+on the fixed training subset (:func:`espcn_jax.study.measure.train_subset`: patches of the
+training images drawn with a sampler seed no run trains with). The learning rate is an
+optimisation setting, so it is chosen by how well the net fits training data; the validation sets
+stay untouched until the study itself. A diverged run (a failed record) scores nothing; ties go to
+the smaller rate.
+
+The result, ``<workdir>/lr_search.json`` (``{"lrs": {family: rate}, "table": ...}``), is what the
+sweep's points then use (``record["lr"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+
+import ml_collections
+import numpy as np
+from etils import epath
+
+from espcn_jax.study import grid, results
+from espcn_jax.study.grid import Point
+
+FILENAME = "lr_search.json"
+SUBDIR = "lr_search"
+
+
+def enabled(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether the sweep config asks for a search (``lr_search.rates`` non-empty)."""
+    return bool(cfg.get("lr_search", {}).get("rates", ()))
+
+
+def _tuple(value) -> tuple:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        return (value,)
+    return tuple(value)
+
+
+def points(cfg: ml_collections.ConfigDict) -> list[Point]:
+    """The search's runs: every family x rate x seed at the search's budgets and length."""
+    s = cfg.lr_search
+    rates = _tuple(s.rates)
+    if any(not (isinstance(r, int | float) and r > 0) for r in rates):
+        raise ValueError(f"lr_search.rates must be positive numbers, got {rates!r}")
+    families = grid.names(cfg.families)
+    budgets = _tuple(s.get("budgets") or ()) or (
+        sorted(_tuple(cfg.budgets))[len(cfg.budgets) // 2],
+    )
+    seeds = _tuple(s.get("seeds") or ()) or _tuple(cfg.seeds)[:1]
+    steps = int(s.get("steps") or _tuple(cfg.steps)[0])
+    depth = _tuple(cfg.depths)[0]
+    residual = _tuple(cfg.residual)[0]
+    rf = _tuple(cfg.rf_match)[0] if "rf_match" in cfg else "none"
+    out = []
+    for budget in budgets:
+        for rate in rates:
+            lrs = {family: float(rate) for family in families}
+            out += grid._solved_points(  # noqa: SLF001  the grid's own solver, one family set
+                cfg, families, depth, budget, seeds, steps, residual, rf, "lr_search", lrs
+            )
+    return out
+
+
+def choose(records: Iterable[dict], families: Sequence[str]) -> dict:
+    """``{"lrs": {family: best rate}, "table": [{family, lr, train_psnr, runs, failed}]}``: the best
+    mean training-subset PSNR (``train_loss_psnr``) per family; ValueError if a family has no
+    successful run."""
+    latest = results.latest(r for r in records if r.get("role") == "lr_search")
+    by_rate: dict[tuple[str, float], dict] = {}
+    for r in latest.values():
+        key = (r["family"], float(r["lr"]))
+        row = by_rate.setdefault(key, {"scores": [], "failed": 0})
+        score = r.get("train_loss_psnr")
+        if r.get("status") == results.STATUS_OK and score is not None and math.isfinite(score):
+            row["scores"].append(float(score))
+        else:
+            row["failed"] += 1
+    table, lrs = [], {}
+    for family in families:
+        rows = []
+        for (fam, rate), row in sorted(by_rate.items()):
+            if fam != family:
+                continue
+            mean = float(np.mean(row["scores"])) if row["scores"] else None
+            rows.append(
+                {"family": family, "lr": rate, "train_psnr": mean,
+                 "runs": len(row["scores"]), "failed": row["failed"]}
+            )  # fmt: skip
+        scored = [row for row in rows if row["train_psnr"] is not None]
+        if not scored:
+            raise ValueError(f"lr_search: no successful run of family {family!r}")
+        best = max(scored, key=lambda row: (row["train_psnr"], -row["lr"]))
+        lrs[family] = best["lr"]
+        table += rows
+    return {"lrs": lrs, "table": table}
+
+
+def write(workdir, chosen: dict) -> epath.Path:
+    path = epath.Path(workdir) / FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(chosen, indent=1))
+    return path
+
+
+def read(workdir) -> dict | None:
+    """The search's result in ``workdir``, or None."""
+    path = epath.Path(workdir) / FILENAME
+    return json.loads(path.read_text()) if path.exists() else None
