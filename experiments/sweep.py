@@ -245,7 +245,7 @@ def main(argv: list[str]) -> None:
         print(f"interrupted: {e}; run the same command again to resume", file=sys.stderr)
         sys.exit(128 + e.signum)
     if count == 1 and jax.process_index() == 0 and sweep.measure.get("latency_rounds", 0):
-        runner.write_latency(ctx, points)
+        runner.write_latency(ctx, points, force=False)
     summary = {
         "workdir": workdir,
         "results": path,
