@@ -54,12 +54,7 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_bool("progress", True, "Progress bar over points on stderr.")
 JSON = cli.define_json_flag()
-flags.DEFINE_bool(
-    "distributed",
-    False,
-    "Call jax.distributed.initialize() first: one point spans every host of a TPU slice or a "
-    "Slurm job (run the same command on every host; process 0 writes the records and report).",
-)
+cli.define_distributed_flags("one point")
 FLAGS = flags.FLAGS
 
 
@@ -124,8 +119,7 @@ def main(argv: list[str]) -> None:
     sweep = FLAGS.config
     check_config(sweep)
     index, count = grid.parse_shard(FLAGS.shard)
-    if FLAGS.distributed:
-        jax.distributed.initialize()
+    cli.initialize_distributed()
     points = grid.expand(sweep)
     mine = grid.shard(points, index, count)
     if FLAGS.dry_run:

@@ -121,7 +121,7 @@ def test_no_recompilation(data_dir, tmp_path, monkeypatch):
     )
     training.train_and_evaluate(smoke_config(data_dir), tmp_path)
     (steps,) = made
-    assert steps.train._cache_size() == 1  # 8 steps, checkpoints and evaluation: traced once
+    assert steps.train_logged._cache_size() == 1  # 8 steps, checkpoints and evaluation: traced once
 
 
 def test_sigterm_saves_and_resumes_exactly(reference, data_dir, tmp_path):
