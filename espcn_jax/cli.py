@@ -191,6 +191,13 @@ def initialize_distributed(flag_values: flags.FlagValues = FLAGS) -> None:
         raise ValueError(f"--process_id={index} must be < --num_processes={num}")
     import jax  # here: the drivers that never distribute do not pay for the import
 
+    # Gloo (CPU collectives) prints "[Gloo] Rank i is connected ..." on file descriptor 1 when
+    # the first collective connects: C++ output goes to stderr from here on, and sys.stdout (the
+    # result) keeps the original stdout.
+    sys.stdout.flush()
+    result_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(result_fd, "w", buffering=1)
     jax.distributed.initialize(
         coordinator_address=flag_values.coordinator_address,
         num_processes=num,

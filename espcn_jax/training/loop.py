@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -173,6 +174,8 @@ class _Run:
     sets: tuple[str, ...]
     ckpts: checkpoint.Checkpoints
     writer: writers.MetricWriter | None = None
+    # (start_step, num_steps) -> device batches; None: pipeline.device_batches of the sampler
+    batches: Callable[[int, int], Iterator[dict]] | None = None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -277,13 +280,16 @@ def _train(run: _Run, state, meta: dict, flops_per_step: float):
     config, ckpts, writer, steps = run.config, run.ckpts, run.writer, run.steps
     t, total = config.train, config.train.steps
     start = int(jax.device_get(state.step))
-    batches = pipeline.device_batches(
-        run.sampler,
-        start_step=start,
-        num_steps=total - start,
-        sharding=step_lib.batch_sharding(run.mesh),
-        prefetch=t.prefetch,
-    )
+    if run.batches is not None:
+        batches = run.batches(start, total - start)
+    else:
+        batches = pipeline.device_batches(
+            run.sampler,
+            start_step=start,
+            num_steps=total - start,
+            sharding=step_lib.batch_sharding(run.mesh),
+            prefetch=t.prefetch,
+        )
     progress = writers.Progress(total, start)
     logged_loss, train_time0 = meta["train_loss"], meta["train_time_s"]
     t_start = t_log = time.perf_counter()
