@@ -144,9 +144,11 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(two_processes):
 
 
 def test_resumed_two_process_run_equals_one_process_run(two_processes, one_process):
-    """Same global batches, same mesh size: the parameters agree to float32 round-off (the
-    gradient all-reduce runs over gloo across processes, in-process otherwise, and may sum the
-    four per-device gradients in another order)."""
+    """Same global batches, same mesh size: the parameters agree to float32 round-off. The
+    gradient all-reduce runs over gloo across processes and in-process otherwise, and may add
+    the four per-device gradients in another order: a few ulp (measured: 3e-8 on parameters of
+    magnitude 0.46, one ulp) over 8 Adam steps; 2e-7 leaves margin and still fails on any
+    wrong row, batch or step."""
     runs = two_processes["resumed"]
     assert [r["returncode"] for r in runs] == [0, 0], _tail(runs)
     workdir = two_processes["workdir"]
@@ -155,13 +157,16 @@ def test_resumed_two_process_run_equals_one_process_run(two_processes, one_proce
     ref = json.loads((one_process / "final_eval.json").read_text())
     assert final["step"] == ref["step"] == 8
     for a, b in zip(_params(workdir), _params(one_process), strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-7)
     rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     ref_rows = [json.loads(x) for x in (one_process / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
     ref_losses = {r["step"]: r["loss"] for r in ref_rows if "loss" in r}
     assert sorted(losses) == sorted(ref_losses) == [2, 4, 6, 8]  # one writer, no duplicate rows
+    saved = two_processes["saved"]
     for s, loss in losses.items():
+        if s - 2 < saved < s:  # a log window cut by the stop: the resumed run's part only
+            continue
         assert loss == pytest.approx(ref_losses[s], rel=1e-5)
 
 

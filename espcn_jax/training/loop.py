@@ -42,7 +42,8 @@ FINAL_EVAL_FILE = "final_eval.json"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient became NaN/Inf; the run stopped at its last good checkpoint."""
+    """The loss, the gradient or the parameters became NaN/Inf; the run stopped at its last good
+    checkpoint."""
 
 
 class Interrupted(Exception):
@@ -80,7 +81,8 @@ def restore(workdir: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict]
     """The model of the latest checkpoint in ``workdir`` and the run's config (from the run
     directory alone)."""
     config = cfg_lib.load(workdir)
-    _, _, steps = _build(config, step_lib.make_mesh(jax.devices()[:1]))
+    # this process's first device: jax.devices()[0] belongs to process 0 on multi-host
+    _, _, steps = _build(config, step_lib.make_mesh(jax.local_devices()[:1]))
     ckpts = checkpoint.Checkpoints(workdir, read_only=True)
     try:
         state, _ = ckpts.restore(_abstract(steps))
@@ -301,11 +303,16 @@ def _train(run: _Run, state, meta: dict, flops_per_step: float):
         host = jax.device_get(log)
         if host["bad_step"] >= 0:
             ckpts.wait()
+            good = ckpts.latest_step()
+            kept = (
+                f"the last good checkpoint is step {good} in {ckpts.directory}"
+                if good is not None
+                else f"no checkpoint was written in {ckpts.directory}"
+            )
             raise NonFiniteLossError(
-                f"loss {float(host['bad_loss'])} / gradient norm "
-                f"{float(host['bad_grad_norm'])} at step {int(host['bad_step'])}: training "
-                f"stopped; the last good checkpoint is step {ckpts.latest_step()} in "
-                f"{ckpts.directory}"
+                f"non-finite loss, gradient or parameters at step {int(host['bad_step'])} "
+                f"(loss {float(host['bad_loss'])}, gradient norm "
+                f"{float(host['bad_grad_norm'])}): training stopped; {kept}"
             )
         return host
 

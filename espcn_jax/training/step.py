@@ -73,10 +73,18 @@ def new_log() -> dict[str, jax.Array]:
     }
 
 
-def accumulate(log: dict, metrics: dict, step: jax.Array) -> dict:
-    """``log`` after the step that ends at optimizer step ``step`` gave ``metrics``."""
+def all_finite(tree) -> jax.Array:
+    """Whether every element of every array of ``tree`` is finite (a bool scalar)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def accumulate(log: dict, metrics: dict, step: jax.Array, params_finite=True) -> dict:
+    """``log`` after the step that ends at optimizer step ``step`` gave ``metrics`` (and
+    parameters that are all finite or not: a finite loss and gradient can still make them
+    overflow, and a checkpoint of that step would hold them)."""
     loss, norm = metrics["loss"], metrics["grad_norm"]
-    first_bad = (log["bad_step"] < 0) & ~(jnp.isfinite(loss) & jnp.isfinite(norm))
+    finite = jnp.isfinite(loss) & jnp.isfinite(norm) & params_finite
+    first_bad = (log["bad_step"] < 0) & ~finite
     return {
         "loss_sum": log["loss_sum"] + loss,
         "count": log["count"] + 1,
@@ -165,7 +173,7 @@ def make_steps(
 
     def train_logged(state: TrainState, log: dict, batch: dict) -> tuple[TrainState, dict]:
         state, metrics = train(state, batch)
-        return state, accumulate(log, metrics, state.step)
+        return state, accumulate(log, metrics, state.step, all_finite(state.params))
 
     params_sh = state_shardings.params
     rep = replicated(mesh)
