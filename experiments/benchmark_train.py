@@ -13,8 +13,8 @@ the Y channel, MSE loss, Adam, one batch of ``--batch`` LR patches of ``--patch`
 - ``matmul``: a ``--matmul_size``-square float32 ``jnp.dot``, this machine's practical peak.
 
 Then a real training loop over ``pipeline.device_batches`` (the embedded photos, patches made by
-``pipeline.PatchSampler`` on tf.data threads, prefetched to the device), structured like the
-engine's loop (dispatch step s, then wait for step s - 1), against the same loop fed one fixed
+``pipeline.PatchSampler`` on tf.data threads, prefetched to the device), in a plain
+loop (dispatch step s, then wait for step s - 1), against the same loop fed one fixed
 device batch: ``pipeline_overhead`` is the fraction of the loop's time spent in ``next(batches)``,
 ``pipeline_slowdown`` the loop's extra time per step over the fixed-batch loop.
 
@@ -79,8 +79,8 @@ NOTES = {
     "backward_factor) / jax_step_ms",
     "xla_step_flops": "XLA's cost_analysis of the compiled engine step (forward, backward, Adam)",
     "matmul_gflops_per_s": "2 n^3 / time of a jitted n x n float32 jnp.dot in the same run",
-    "pipeline_overhead": "time in next(device_batches) / loop time, in a real loop like the "
-    "engine's (target < 0.05)",
+    "pipeline_overhead": "time in next(device_batches) / loop time, in a plain loop over "
+    "device_batches (target < 0.05)",
     "loop_step_ms": "ms per step of training.loop._train (the loop train_and_evaluate runs) "
     "over the engine step, fed its fixed device batch; a log window of --loop_steps steps",
     "loop_overhead": "median over rounds of loop_step_ms / the bare engine step timed just "
@@ -262,7 +262,7 @@ def time_rounds(steppers: dict, cfg: Config) -> dict[str, dict]:
 
 # --- the real loop -------------------------------------------------------------------------------
 def run_loop(stepper: Stepper, batches, steps: int) -> dict[str, float]:
-    """The engine's loop shape: fetch, dispatch step s, then wait for step s - 1's metrics."""
+    """A plain loop: fetch, dispatch step s, then wait for step s - 1's metrics."""
     wait = 0.0
     pending = None
     t_start = time.perf_counter()
