@@ -92,11 +92,13 @@ def restore(workdir: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict]
 
 
 def _multihost_preemption() -> bool:
-    """Whether stops are agreed through JAX's preemption service (several processes, and
-    ``jax.distributed.initialize`` installed its SIGTERM notifier)."""
-    from jax._src import distributed  # the notifier's presence has no public accessor
-
-    return jax.process_count() > 1 and distributed.global_state.preemption_sync_manager is not None
+    """Whether stops are agreed through JAX's preemption service: several processes, and
+    ``jax.distributed.initialize`` started the service (it installs a SIGTERM notifier)."""
+    return (
+        jax.process_count() > 1
+        and jax.distributed.is_initialized()
+        and bool(jax.config.jax_enable_preemption_service)
+    )
 
 
 class _Signals:
