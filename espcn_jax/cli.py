@@ -145,6 +145,66 @@ def define_json_flag(flag_values: flags.FlagValues = FLAGS) -> flags.FlagHolder[
     )
 
 
+def define_distributed_flags(
+    what: str = "the run", flag_values: flags.FlagValues = FLAGS
+) -> flags.FlagHolder[bool]:
+    """``--distributed`` and the ``jax.distributed.initialize`` arguments; read by
+    :func:`initialize_distributed`. ``what`` names what spans the hosts, for ``--help``."""
+    holder = flags.DEFINE_bool(
+        "distributed",
+        False,
+        f"Call jax.distributed.initialize() first: {what} spans every host of a TPU slice or a "
+        "Slurm job (run the same command on every host; process 0 writes the results). The "
+        "three flags below are detected there; elsewhere give them (or JAX_COORDINATOR_ADDRESS).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        "With --distributed: host:port of process 0's coordination service.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "num_processes",
+        None,
+        "With --distributed: how many processes take part.",
+        lower_bound=1,
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "process_id",
+        None,
+        "With --distributed: this process's index, 0 .. num_processes - 1.",
+        lower_bound=0,
+        flag_values=flag_values,
+    )
+    return holder
+
+
+def initialize_distributed(flag_values: flags.FlagValues = FLAGS) -> None:
+    """``jax.distributed.initialize`` with the flags of :func:`define_distributed_flags`, if
+    ``--distributed`` was given; ValueError (exit 2) for a process id out of range."""
+    if not flag_values.distributed:
+        return
+    num, index = flag_values.num_processes, flag_values.process_id
+    if num is not None and index is not None and index >= num:
+        raise ValueError(f"--process_id={index} must be < --num_processes={num}")
+    import jax  # here: the drivers that never distribute do not pay for the import
+
+    # Gloo (CPU collectives) prints "[Gloo] Rank i is connected ..." on file descriptor 1 when
+    # the first collective connects: C++ output goes to stderr from here on, and sys.stdout (the
+    # result) keeps the original stdout.
+    sys.stdout.flush()
+    result_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(result_fd, "w", buffering=1)
+    jax.distributed.initialize(
+        coordinator_address=flag_values.coordinator_address,
+        num_processes=num,
+        process_id=index,
+    )
+
+
 def define_scale_flag(
     default: int = 3, name: str = "scale", flag_values: flags.FlagValues = FLAGS
 ) -> flags.FlagHolder[int]:

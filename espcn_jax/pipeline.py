@@ -49,8 +49,31 @@ _log = logging.getLogger(__name__)
 
 
 def on_host() -> contextlib.AbstractContextManager:
-    """Runs JAX computations on uncommitted inputs inside it on the host's first CPU device."""
-    return jax.default_device(jax.devices("cpu")[0])
+    """Runs JAX computations on uncommitted inputs inside it on this process's first CPU device
+    (``jax.devices("cpu")[0]`` belongs to process 0 after ``jax.distributed.initialize()``)."""
+    return jax.default_device(jax.local_devices(backend="cpu")[0])
+
+
+def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> slice:
+    """The rows of a global ``(batch_size, ...)`` batch that this process's devices hold under
+    ``sharding``: one contiguous slice (all rows on one process, ``[k*B/n, (k+1)*B/n)`` for
+    process ``k`` of ``n`` under a ``("data",)`` mesh over ``jax.devices()``).
+
+    Each process makes only these rows and assembles the global array with
+    ``jax.make_array_from_process_local_data``; ValueError if they are not contiguous (a mesh
+    whose device order interleaves processes)."""
+    batch_size = ops.check_positive_int(batch_size, "batch_size")
+    spans = set()
+    for index in sharding.addressable_devices_indices_map((batch_size,)).values():
+        start, stop, _ = index[0].indices(batch_size)
+        spans.add((start, stop))
+    spans = sorted(spans)
+    for (_, stop), (start, _) in zip(spans, spans[1:], strict=False):
+        if start != stop:
+            raise ValueError(
+                f"this process's rows of the batch are not contiguous under {sharding}: {spans}"
+            )
+    return slice(spans[0][0], spans[-1][1])
 
 
 PAD_MULTIPLE = 64  # LR pixels; images are edge-padded up to it, so few shapes are compiled
@@ -243,12 +266,17 @@ class PatchSampler:
             "(an image's non-flat patches are too rare; lower min_std)"
         )
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        """``{"lr": (B, p, p, C), "hr": (B, r*p, r*p, C)}`` float32 in ``[0, 1]`` for ``step``."""
+    def batch(self, step: int, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+        """``{"lr": (B, p, p, C), "hr": (B, r*p, r*p, C)}`` float32 in ``[0, 1]`` for ``step``.
+
+        ``rows``: only these rows of the batch (``B`` = their count), e.g. this process's
+        :func:`process_rows`; they equal the same rows of the whole batch, since :meth:`locate`
+        draws the whole batch whatever the slice."""
         p, r = self.patch, self.scale
-        lr_BHWC = np.empty((self.batch_size, p, p, self.channels), np.float32)
-        hr_BHWC = np.empty((self.batch_size, r * p, r * p, self.channels), np.float32)
-        for b, (k, i, j, t) in enumerate(self.locate(step)):
+        located = self.locate(step)[rows]
+        lr_BHWC = np.empty((len(located), p, p, self.channels), np.float32)
+        hr_BHWC = np.empty((len(located), r * p, r * p, self.channels), np.float32)
+        for b, (k, i, j, t) in enumerate(located):
             lr_BHWC[b] = dihedral(self.lr[k][i : i + p, j : j + p], t)
             hr_BHWC[b] = dihedral(self.hr[k][r * i : r * (i + p), r * j : r * (j + p)], t)
         lr_BHWC *= 1.0 / 255.0
@@ -285,8 +313,15 @@ def _check_seed(value, name: str = "seed") -> int:
     return v
 
 
-def tf_dataset(sampler: PatchSampler, *, start_step: int = 0, num_steps: int | None = None):
-    """A ``tf.data.Dataset`` of the batches for steps ``start_step, start_step + 1, ...``.
+def tf_dataset(
+    sampler: PatchSampler,
+    *,
+    start_step: int = 0,
+    num_steps: int | None = None,
+    rows: slice = slice(None),
+):
+    """A ``tf.data.Dataset`` of the batches for steps ``start_step, start_step + 1, ...`` (only
+    ``rows`` of each, as :meth:`PatchSampler.batch`).
 
     Batches are made by ``sampler.batch`` on tf.data's thread pool (``deterministic=True`` keeps
     step order) and prefetched; endless when ``num_steps`` is None. TensorFlow sees no accelerator.
@@ -297,11 +332,12 @@ def tf_dataset(sampler: PatchSampler, *, start_step: int = 0, num_steps: int | N
         steps = tf.data.Dataset.counter(start_step)
     else:
         steps = tf.data.Dataset.range(start_step, start_step + _check_seed(num_steps, "num_steps"))
-    p, r, c, b = sampler.patch, sampler.scale, sampler.channels, sampler.batch_size
+    p, r, c = sampler.patch, sampler.scale, sampler.channels
+    b = len(range(sampler.batch_size)[rows])
 
     def make(step):
         lr, hr = tf.numpy_function(
-            lambda s: _lr_hr(sampler.batch(int(s))), [step], (tf.float32, tf.float32)
+            lambda s: _lr_hr(sampler.batch(int(s), rows)), [step], (tf.float32, tf.float32)
         )
         lr = tf.ensure_shape(lr, (b, p, p, c))
         return {"lr": lr, "hr": tf.ensure_shape(hr, (b, r * p, r * p, c))}
@@ -314,20 +350,43 @@ def _lr_hr(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return batch["lr"], batch["hr"]
 
 
+def place(
+    batch: dict[str, np.ndarray],
+    sharding: jax.sharding.Sharding | None,
+    batch_size: int | None = None,
+) -> dict[str, jax.Array]:
+    """A batch on devices: this process's rows of a global batch of ``batch_size`` rows (default:
+    ``batch`` is the whole batch) assembled by ``jax.make_array_from_process_local_data``.
+
+    Only local transfers: unlike ``jax.device_put`` of a global array, no cross-process check
+    runs (jax 0.10's ``assert_equal``, a collective), so it is safe in a background thread.
+    ``sharding=None``: the default device."""
+    if sharding is None:
+        return jax.device_put(batch)
+    return {
+        k: jax.make_array_from_process_local_data(
+            sharding, v, (v.shape[0] if batch_size is None else batch_size, *v.shape[1:])
+        )
+        for k, v in batch.items()
+    }
+
+
 def prefetch_to_device(
     batches: Iterable[dict[str, np.ndarray]],
     size: int = 2,
     sharding: jax.sharding.Sharding | None = None,
+    batch_size: int | None = None,
 ) -> Iterator[dict[str, jax.Array]]:
     """``batches`` transferred to devices by a background thread, ``size`` of them ahead of use.
 
     The thread pulls the next batch (for tf.data: its conversion to NumPy) and starts its
-    ``jax.device_put`` while the training thread dispatches steps, so neither waits on the other;
-    one producer and a FIFO queue keep the order. An exception in ``batches`` is raised here, at
-    the batch where it happened. Closing the generator stops the thread.
+    transfer (:func:`place`) while the training thread dispatches steps, so neither waits on the
+    other; one producer and a FIFO queue keep the order. An exception in ``batches`` is raised
+    here, at the batch where it happened. Closing the generator stops the thread.
 
     ``sharding``: e.g. ``NamedSharding(mesh, P("data"))`` to split the batch axis over a mesh's
-    ``data`` axis; None puts batches on the default device.
+    ``data`` axis; None puts batches on the default device. ``batch_size``: the global batch's
+    rows when ``batches`` hold only this process's :func:`process_rows`.
     """
     size = ops.check_positive_int(size, "size")
     items: queue.Queue = queue.Queue(maxsize=size)
@@ -346,7 +405,7 @@ def prefetch_to_device(
     def produce() -> None:
         try:
             for batch in batches:
-                if not put(("batch", jax.device_put(batch, sharding))):
+                if not put(("batch", place(batch, sharding, batch_size))):
                     return
         except BaseException as e:  # handed to the consumer, raised in its thread
             put(("error", e))
@@ -376,6 +435,8 @@ def device_batches(
     sharding: jax.sharding.Sharding | None = None,
     prefetch: int = 2,
 ) -> Iterator[dict[str, jax.Array]]:
-    """Batches for steps ``start_step, ...`` on device: :func:`tf_dataset`, prefetched."""
-    ds = tf_dataset(sampler, start_step=start_step, num_steps=num_steps)
-    return prefetch_to_device(ds.as_numpy_iterator(), prefetch, sharding)
+    """Batches for steps ``start_step, ...`` on device: :func:`tf_dataset`, prefetched. Under a
+    ``sharding``, each process makes only its :func:`process_rows` of each batch."""
+    rows = slice(None) if sharding is None else process_rows(sharding, sampler.batch_size)
+    ds = tf_dataset(sampler, start_step=start_step, num_steps=num_steps, rows=rows)
+    return prefetch_to_device(ds.as_numpy_iterator(), prefetch, sharding, sampler.batch_size)

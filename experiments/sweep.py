@@ -73,12 +73,7 @@ flags.DEFINE_bool(
     "final step.",
 )
 JSON = cli.define_json_flag()
-flags.DEFINE_bool(
-    "distributed",
-    False,
-    "Call jax.distributed.initialize() first: one point spans every host of a TPU slice or a "
-    "Slurm job (run the same command on every host; process 0 writes the records and report).",
-)
+cli.define_distributed_flags("one point")
 FLAGS = flags.FLAGS
 
 
@@ -192,8 +187,7 @@ def main(argv: list[str]) -> None:
     sweep = FLAGS.config
     check_config(sweep)
     index, count = grid.parse_shard(FLAGS.shard)
-    if FLAGS.distributed:
-        jax.distributed.initialize()
+    cli.initialize_distributed()
     workdir = FLAGS.workdir
     searched = lr_search.read(workdir) if lr_search.enabled(sweep) else None
     if FLAGS.dry_run:

@@ -5,6 +5,10 @@ validation PSNR/SSIM. ``--config=experiments/configs/espcn.py:smoke`` picks a va
 ``--config.train.steps=1000`` (any field) overrides. Re-running the same command resumes from the
 last checkpoint in DIR; SIGTERM/SIGINT save a checkpoint first. Exit codes: 2 bad input (one line on
 stderr), 1 NaN/Inf loss, 128 + signal number after a signal.
+
+``--distributed`` (the same command on every host; ``--coordinator_address``, ``--num_processes``,
+``--process_id`` where the cluster does not say them) trains one run over every host's devices;
+a SIGTERM to any host makes all of them save the same step and exit.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging as std_logging
 import pathlib
 import sys
 
+import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -31,6 +36,7 @@ except ValueError as e:
     cli.fail(str(e).splitlines()[0])
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, checkpoints, metrics.")
 _JSON = cli.define_json_flag()  # the JSON is the run's final_eval.json
+cli.define_distributed_flags("the run")
 
 
 def _log_progress() -> None:
@@ -66,6 +72,7 @@ def main(argv: list[str]) -> None:
     if not _WORKDIR.value:
         raise ValueError("--workdir is required")
     check_config(_CONFIG.value)
+    cli.initialize_distributed()
     try:
         result = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except training.NonFiniteLossError as e:
@@ -74,7 +81,8 @@ def main(argv: list[str]) -> None:
     except training.Interrupted as e:
         print(f"interrupted: {e}; re-run the same command to resume", file=sys.stderr)
         sys.exit(128 + e.signum)
-    cli.emit(result, format_table)
+    if jax.process_index() == 0:  # one result for the run, as one final_eval.json
+        cli.emit(result, format_table)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def smoke_config(data_dir, **overrides):
 
 
 def kill_at_train_call(n: int, signum: int = signal.SIGKILL, after=None) -> None:
-    """Patches ``step.make_steps`` so that train call ``n`` (1-based) first sends ``signum``
+    """Patches ``step.make_steps`` so that the loop's train call ``n`` (1-based, of
+    ``Steps.train_logged``) first sends ``signum``
     (once the path ``after`` exists, if given: a checkpoint the asynchronous save is writing)."""
     from espcn_jax.training import step as step_lib
 
@@ -44,7 +45,7 @@ def kill_at_train_call(n: int, signum: int = signal.SIGKILL, after=None) -> None
         steps = make(*args, **kwargs)
         calls = [0]
 
-        def train(state, batch):
+        def train_logged(state, log, batch):
             calls[0] += 1
             if calls[0] == n:
                 for _ in range(600):
@@ -52,9 +53,9 @@ def kill_at_train_call(n: int, signum: int = signal.SIGKILL, after=None) -> None
                         break
                     time.sleep(0.1)
                 os.kill(os.getpid(), signum)
-            return steps.train(state, batch)
+            return steps.train_logged(state, log, batch)
 
-        return dataclasses.replace(steps, train=train)
+        return dataclasses.replace(steps, train_logged=train_logged)
 
     step_lib.make_steps = patched
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 from _drivers import run_driver
@@ -19,6 +20,8 @@ TRAIN_KEYS = (
     "gflops_per_s",
     "matmul_gflops_per_s",
     "pipeline_overhead",
+    "loop_step_ms",
+    "loop_overhead",
 )
 
 
@@ -51,6 +54,13 @@ def test_train_json_keys_and_consistency(train_report):
     assert _positive(result["matmul_gflops_per_s"])
     assert 0 <= result["pipeline_overhead"] < 1
     assert _positive(result["loop_ms_per_step"])
+    # the engine's loop: each round's ratio is its loop step over the bare step timed beside it
+    for r in result["engine_loop_rounds"]:
+        assert _positive(r["loop_step_ms"]) and _positive(r["bare_step_ms"])
+        assert r["ratio"] == pytest.approx(r["loop_step_ms"] / r["bare_step_ms"])
+    assert result["loop_overhead"] == pytest.approx(
+        statistics.median(r["ratio"] for r in result["engine_loop_rounds"])
+    )
     # analytic FLOPs: forward of flops.model_cost per image x batch, x (1 + backward factor)
     assert result["train_flops"] == result["forward_flops"] * (1 + result["backward_factor"])
     assert result["gflops_per_s"] == pytest.approx(

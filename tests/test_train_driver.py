@@ -104,3 +104,15 @@ def test_corrupt_checkpoint_exits_2(run_dir, data_dir, tmp_path):
             path.write_bytes(b"\0garbage")
     proc = train(*smoke(data_dir), f"--workdir={copy}")
     assert_usage_error(proc, "checkpoint", "cannot be read")
+
+
+def test_distributed_process_id_out_of_range_exits_2(data_dir, tmp_path):
+    proc = train(
+        *smoke(data_dir),
+        "--distributed",
+        "--num_processes=2",
+        "--process_id=2",
+        f"--workdir={tmp_path / 'w'}",
+    )
+    assert_usage_error(proc, "--process_id=2 must be < --num_processes=2")
+    assert not (tmp_path / "w").exists()

@@ -1,5 +1,6 @@
 """The training loop: run directory contents, determinism, exact resume after SIGTERM / SIGKILL
-between steps / SIGKILL inside a checkpoint write, the NaN guard, refusal of another run's workdir,
+between steps / SIGKILL inside a checkpoint write, the NaN guard (metrics kept on the device,
+non-finite parameters never saved), the log window's mean loss, refusal of another run's workdir,
 corrupt checkpoints, restore from the run directory alone, no recompilation."""
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def test_no_recompilation(data_dir, tmp_path, monkeypatch):
     )
     training.train_and_evaluate(smoke_config(data_dir), tmp_path)
     (steps,) = made
-    assert steps.train._cache_size() == 1  # 8 steps, checkpoints and evaluation: traced once
+    assert steps.train_logged._cache_size() == 1  # 8 steps, checkpoints and evaluation: traced once
 
 
 def test_sigterm_saves_and_resumes_exactly(reference, data_dir, tmp_path):
@@ -172,17 +173,49 @@ def test_sigkill_then_resume_is_exact(reference, data_dir, tmp_path, mode):
     assert not list(ckpts.glob("*tmp*"))
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+def _explode_lr_from(step: int, monkeypatch) -> None:
+    """An infinite lr for the update of step ``step + 1`` and later: the parameters it makes are
+    not finite."""
     schedule = optim.schedule
     monkeypatch.setattr(
         optim,
         "schedule",
-        lambda opt, steps: lambda s: jnp.where(s >= 4, 1e38, schedule(opt, steps)(s)),
+        lambda opt, steps: lambda s: jnp.where(s >= step, jnp.inf, schedule(opt, steps)(s)),
     )
-    with pytest.raises(training.NonFiniteLossError, match="last good checkpoint is step 4"):
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    """Step 5's update makes the parameters non-finite; the metrics are fetched at the log point
+    6 only, and the error names the first bad step."""
+    _explode_lr_from(4, monkeypatch)
+    with pytest.raises(training.NonFiniteLossError, match="last good checkpoint is step 4") as e:
         training.train_and_evaluate(smoke_config(data_dir), tmp_path)
+    assert "at step 5 " in str(e.value)  # step 5's update made the parameters non-finite
     assert checkpoint.Checkpoints(tmp_path, read_only=True).latest_step() == 4
     assert all(np.isfinite(x).all() for x in _params(tmp_path))
+
+
+def test_non_finite_parameters_are_never_saved(data_dir, tmp_path, monkeypatch):
+    """Step 4's update makes the parameters non-finite while its loss and gradient (from step
+    3's parameters) are finite: the checkpoint due at step 4 is not written."""
+    _explode_lr_from(3, monkeypatch)
+    config = smoke_config(data_dir, **{"train.checkpoint_every_steps": 2})
+    with pytest.raises(training.NonFiniteLossError, match="at step 4 .*checkpoint is step 2"):
+        training.train_and_evaluate(config, tmp_path)
+    assert checkpoint.Checkpoints(tmp_path, read_only=True).latest_step() == 2
+    assert all(np.isfinite(x).all() for x in _params(tmp_path))
+
+
+def test_logged_loss_is_the_mean_over_the_log_window(reference, data_dir, tmp_path):
+    """The loss summed on the device over a window of 2 steps, against the mean of the two
+    per-step losses of a run logging every step (the same steps: same seed)."""
+    training.train_and_evaluate(smoke_config(data_dir, **{"train.log_every_steps": 1}), tmp_path)
+    every = {r["step"]: r for r in _rows(tmp_path) if "loss" in r}
+    assert sorted(every) == list(range(1, 9))
+    for r in (r for r in _rows(reference) if "loss" in r):
+        s = r["step"]
+        assert r["loss"] == pytest.approx((every[s - 1]["loss"] + every[s]["loss"]) / 2, rel=1e-6)
+        assert (r["lr"], r["grad_norm"]) == (every[s]["lr"], every[s]["grad_norm"])
 
 
 def test_another_runs_workdir_is_refused(reference, data_dir):

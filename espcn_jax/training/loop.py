@@ -1,9 +1,16 @@
 """``train_and_evaluate(config, workdir)``: the training loop, resume, signals, final evaluation.
 
-The loop dispatches step ``s`` before fetching step ``s - 1``'s metrics, so the host never waits
-for the device except at log, checkpoint and evaluation points. The batch of step ``s`` is
+Metrics stay on the device between log, checkpoint and evaluation points (``Steps.train_logged``
+folds each step's loss, gradient norm, lr and a non-finite flag into a small on-device log), so
+the host only dispatches steps and waits for the device at those points alone. The flag is read
+at each of them, and always before a checkpoint is written: a non-finite step stops the run with
+its last good checkpoint. The batch of step ``s`` is
 ``PatchSampler.batch(s)`` and the parameters are initialised from ``config.train.seed``, so a run
 resumed from the checkpoint at step ``k`` repeats exactly what an uninterrupted run computes.
+
+Multi-host (after ``jax.distributed.initialize()``): each process makes its own rows of each
+batch (``pipeline.process_rows``); SIGTERM goes to JAX's preemption notifier, and every process
+stops at the step ``multihost_utils.reached_preemption_sync_point`` agrees on, saves it and exits.
 """
 
 from __future__ import annotations
@@ -11,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -22,6 +30,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from espcn_jax import data, flops, models, pipeline
@@ -33,7 +42,8 @@ FINAL_EVAL_FILE = "final_eval.json"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient became NaN/Inf; the run stopped at its last good checkpoint."""
+    """The loss, the gradient or the parameters became NaN/Inf; the run stopped at its last good
+    checkpoint."""
 
 
 class Interrupted(Exception):
@@ -73,7 +83,8 @@ def restore(
     """The model of the latest checkpoint in ``workdir`` (or of ``step``: ValueError if it is not
     kept there) and the run's config (from the run directory alone)."""
     config = cfg_lib.load(workdir)
-    _, _, steps = _build(config, step_lib.make_mesh(jax.devices()[:1]))
+    # this process's first device: jax.devices()[0] belongs to process 0 on multi-host
+    _, _, steps = _build(config, step_lib.make_mesh(jax.local_devices()[:1]))
     ckpts = checkpoint.Checkpoints(workdir, read_only=True)
     try:
         state, _ = ckpts.restore(_abstract(steps), step)
@@ -82,21 +93,65 @@ def restore(
     return steps.model(state.params), config
 
 
+def _multihost_preemption() -> bool:
+    """Whether stops are agreed through JAX's preemption service: several processes, and
+    ``jax.distributed.initialize`` started the service (it installs a SIGTERM notifier)."""
+    return (
+        jax.process_count() > 1
+        and jax.distributed.is_initialized()
+        and bool(jax.config.jax_enable_preemption_service)
+    )
+
+
+class _Signals:
+    """SIGTERM/SIGINT, caught so that the loop saves a checkpoint first, at a step all processes
+    agree on. One process: the handlers record the signal, and the loop stops at the next step.
+    Several: SIGTERM is left to JAX's preemption notifier (a Python handler would replace it),
+    SIGINT is recorded and re-sent as SIGTERM, and the loop stops where
+    ``reached_preemption_sync_point`` says, the same step on every process."""
+
+    def __init__(self):
+        self.caught: list[int] = []
+        self.agreed = _multihost_preemption()
+
+    def _handle(self, signum, frame) -> None:
+        self.caught.append(signum)
+        if self.agreed:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(self, done: int) -> bool:
+        """Whether to save and stop after ``done`` steps (called once per step, every process)."""
+        if self.agreed:
+            return multihost_utils.reached_preemption_sync_point(done)
+        return bool(self.caught)
+
+    @property
+    def signum(self) -> int:
+        return self.caught[0] if self.caught else signal.SIGTERM
+
+
 @contextlib.contextmanager
 def _catch_signals():
-    """Records SIGTERM/SIGINT in the returned list instead of dying (main thread only)."""
-    caught: list[int] = []
+    """A :class:`_Signals` whose handlers are installed inside (main thread only)."""
+    signals = _Signals()
     if threading.current_thread() is not threading.main_thread():
-        yield caught
+        yield signals
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    caught = (signal.SIGINT,) if signals.agreed else (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in caught}
     for s in previous:
-        signal.signal(s, lambda signum, frame: caught.append(signum))
+        signal.signal(s, signals._handle)
     try:
-        yield caught
+        yield signals
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _local_model(steps: step_lib.Steps, params) -> nnx.Module:
+    """The model with its parameters copied onto this process's first device: evaluation runs
+    on each process alone (the replicated parameters span other processes' devices)."""
+    return steps.model(jax.device_put(jax.device_get(params), jax.local_devices()[0]))
 
 
 def _evaluate(model, sets, model_cfg, step: int) -> dict:
@@ -125,6 +180,8 @@ class _Run:
     sets: tuple[str, ...]
     ckpts: checkpoint.Checkpoints
     writer: writers.MetricWriter | None = None
+    # (start_step, num_steps) -> device batches; None: pipeline.device_batches of the sampler
+    batches: Callable[[int, int], Iterator[dict]] | None = None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -209,7 +266,7 @@ def _final_eval(run: _Run, state, meta: dict) -> dict:
         if old.get("step") == total:
             result["eval"] = old.get("eval", {})
     todo = [s for s in run.sets if s not in result["eval"]]
-    scores = _evaluate(run.steps.model(state.params), todo, run.model_cfg, total)
+    scores = _evaluate(_local_model(run.steps, state.params), todo, run.model_cfg, total)
     result["eval"].update(scores)
     if scores:
         run.writer.write(total, _eval_scalars(scores))
@@ -226,53 +283,61 @@ def _eval_scalars(scores: dict) -> dict:
 
 def _train(run: _Run, state, meta: dict, flops_per_step: float):
     """Steps ``state.step .. config.train.steps``; returns the final state and checkpoint meta."""
-    config, ckpts, writer = run.config, run.ckpts, run.writer
+    config, ckpts, writer, steps = run.config, run.ckpts, run.writer, run.steps
     t, total = config.train, config.train.steps
     start = int(jax.device_get(state.step))
-    batches = pipeline.device_batches(
-        run.sampler,
-        start_step=start,
-        num_steps=total - start,
-        sharding=step_lib.batch_sharding(run.mesh),
-        prefetch=t.prefetch,
-    )
+    if run.batches is not None:
+        batches = run.batches(start, total - start)
+    else:
+        batches = pipeline.device_batches(
+            run.sampler,
+            start_step=start,
+            num_steps=total - start,
+            sharding=step_lib.batch_sharding(run.mesh),
+            prefetch=t.prefetch,
+        )
     progress = writers.Progress(total, start)
-    window: list[float] = []  # losses since the last log line
     logged_loss, train_time0 = meta["train_loss"], meta["train_time_s"]
     t_start = t_log = time.perf_counter()
     step_log, paused = start, 0.0  # paused: checkpoint and eval time inside the log window
+    log = steps.new_log()  # on the device: the window's loss sum, last lr/grad_norm, bad_step
 
-    def check(step: int, metrics: dict) -> dict:
-        metrics = jax.device_get(metrics)
-        if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+    def fetch(log) -> dict:
+        """The on-device log on the host (the only wait); raises if a step was not finite."""
+        host = jax.device_get(log)
+        if host["bad_step"] >= 0:
             ckpts.wait()
-            raise NonFiniteLossError(
-                f"loss {float(metrics['loss'])} / gradient norm {float(metrics['grad_norm'])} at "
-                f"step {step}: training stopped; the last good checkpoint is step "
-                f"{ckpts.latest_step()} in {ckpts.directory}"
+            good = ckpts.latest_step()
+            kept = (
+                f"the last good checkpoint is step {good} in {ckpts.directory}"
+                if good is not None
+                else f"no checkpoint was written in {ckpts.directory}"
             )
-        window.append(float(metrics["loss"]))
-        progress.update(step, float(metrics["loss"]))
-        return metrics
+            raise NonFiniteLossError(
+                f"non-finite loss, gradient or parameters at step {int(host['bad_step'])} "
+                f"(loss {float(host['bad_loss'])}, gradient norm "
+                f"{float(host['bad_grad_norm'])}): training stopped; {kept}"
+            )
+        return host
 
-    pending = None
-    with _catch_signals() as caught:
+    with _catch_signals() as signals:
         for s in range(start, total):
-            state, metrics = run.steps.train(state, next(batches))  # dispatch step s ...
-            if pending is not None:
-                check(*pending)  # ... then wait for step s - 1's metrics
-            pending, done = (s + 1, metrics), s + 1
+            state, log = steps.train_logged(state, log, next(batches))
+            done = s + 1
+            stop = signals.stop(done)
             log_now = done % t.log_every_steps == 0 or done == total
-            save_now = done % t.checkpoint_every_steps == 0 or done == total or caught
+            save_now = done % t.checkpoint_every_steps == 0 or done == total or stop
             every = config.eval.every_steps
             eval_now = every and done % every == 0 and done < total
             if not (log_now or save_now or eval_now):
                 continue
-            last, pending = check(*pending), None
+            last = fetch(log)  # before any save: a non-finite state is never written
+            window_loss = float(last["loss_sum"]) / max(int(last["count"]), 1)
+            progress.update(done, window_loss)
             if log_now:
                 now = time.perf_counter()
                 rate = (done - step_log) / max(now - t_log - paused, 1e-9)
-                logged_loss = float(np.mean(window))
+                logged_loss = window_loss
                 row = {
                     "loss": logged_loss,
                     "lr": float(last["lr"]),
@@ -282,7 +347,7 @@ def _train(run: _Run, state, meta: dict, flops_per_step: float):
                 }
                 writer.write(done, row)
                 progress.log(done, f"loss {logged_loss:.3g}")
-                window.clear()
+                log = steps.new_window(log)
                 t_log, step_log, paused = now, done, 0.0
             if save_now:
                 t0 = time.perf_counter()
@@ -294,14 +359,15 @@ def _train(run: _Run, state, meta: dict, flops_per_step: float):
                 paused += time.perf_counter() - t0
             if eval_now:
                 t0 = time.perf_counter()
-                scores = _evaluate(run.steps.model(state.params), run.sets, run.model_cfg, done)
+                model = _local_model(steps, state.params)
+                scores = _evaluate(model, run.sets, run.model_cfg, done)
                 writer.write(done, _eval_scalars(scores))
                 paused += time.perf_counter() - t0
                 t_start += time.perf_counter() - t0  # train time excludes evaluation
-            if caught:
+            if stop:
                 ckpts.wait()
                 progress.close()
-                raise Interrupted(caught[0], done)
+                raise Interrupted(signals.signum, done)
     progress.close()
     ckpts.wait()
     return state, meta

@@ -56,10 +56,63 @@ LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
+def new_log() -> dict[str, jax.Array]:
+    """The metrics the loop keeps on the device between fetches (:func:`accumulate`): the loss
+    summed over the log window and its step count, the last step's lr and gradient norm, and the
+    first non-finite step (``bad_step``, -1 while every loss and gradient norm was finite) with
+    its loss and gradient norm."""
+    f, i = jnp.float32, jnp.int32
+    return {
+        "loss_sum": jnp.zeros((), f),
+        "count": jnp.zeros((), i),
+        "lr": jnp.zeros((), f),
+        "grad_norm": jnp.zeros((), f),
+        "bad_step": jnp.full((), -1, i),
+        "bad_loss": jnp.zeros((), f),
+        "bad_grad_norm": jnp.zeros((), f),
+    }
+
+
+def all_finite(tree) -> jax.Array:
+    """Whether every element of every array of ``tree`` is finite (a bool scalar)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def accumulate(log: dict, metrics: dict, step: jax.Array, params_finite=True) -> dict:
+    """``log`` after the step that ends at optimizer step ``step`` gave ``metrics`` (and
+    parameters that are all finite or not: a finite loss and gradient can still make them
+    overflow, and a checkpoint of that step would hold them)."""
+    loss, norm = metrics["loss"], metrics["grad_norm"]
+    finite = jnp.isfinite(loss) & jnp.isfinite(norm) & params_finite
+    first_bad = (log["bad_step"] < 0) & ~finite
+    return {
+        "loss_sum": log["loss_sum"] + loss,
+        "count": log["count"] + 1,
+        "lr": metrics.get("lr", log["lr"]).astype(jnp.float32),
+        "grad_norm": norm,
+        "bad_step": jnp.where(first_bad, step, log["bad_step"]),
+        "bad_loss": jnp.where(first_bad, loss, log["bad_loss"]),
+        "bad_grad_norm": jnp.where(first_bad, norm, log["bad_grad_norm"]),
+    }
+
+
+def new_window(log: dict) -> dict:
+    """``log`` with the loss sum and count of the log window reset (the rest kept)."""
+    return {
+        **log,
+        "loss_sum": jnp.zeros_like(log["loss_sum"]),
+        "count": jnp.zeros_like(log["count"]),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class Steps:
     """A model's jitted functions: ``init() -> state``, ``train(state, batch) -> (state,
-    metrics)``, ``evaluate(params, batch) -> metrics``, ``predict(params, lr) -> sr``."""
+    metrics)``, ``evaluate(params, batch) -> metrics``, ``predict(params, lr) -> sr``.
+
+    The loop's step is ``train_logged(state, log, batch) -> (state, log)``: ``train`` with its
+    metrics folded into the on-device ``log`` (:func:`accumulate`; ``new_log()`` and
+    ``new_window(log)`` make and reset it), so the host fetches nothing between log points."""
 
     graphdef: nnx.GraphDef
     init: Callable
@@ -67,6 +120,9 @@ class Steps:
     evaluate: Callable
     predict: Callable
     state_shardings: TrainState
+    train_logged: Callable | None = None
+    new_log: Callable | None = None
+    new_window: Callable | None = None
 
     def model(self, params: nnx.State) -> nnx.Module:
         return nnx.merge(self.graphdef, params)
@@ -115,6 +171,10 @@ def make_steps(
         mse = jnp.mean(jnp.square(jnp.clip(sr, 0, 1) - batch["hr"]))
         return {"loss": loss_fn(sr, batch["hr"]), "psnr": -10 * jnp.log10(mse)}
 
+    def train_logged(state: TrainState, log: dict, batch: dict) -> tuple[TrainState, dict]:
+        state, metrics = train(state, batch)
+        return state, accumulate(log, metrics, state.step, all_finite(state.params))
+
     params_sh = state_shardings.params
     rep = replicated(mesh)
     return Steps(
@@ -129,4 +189,12 @@ def make_steps(
         evaluate=jax.jit(evaluate, in_shardings=(params_sh, data), out_shardings=rep),
         predict=jax.jit(forward),
         state_shardings=state_shardings,
+        train_logged=jax.jit(
+            train_logged,
+            in_shardings=(state_shardings, rep, data),
+            out_shardings=(state_shardings, rep),
+            donate_argnums=(0, 1),
+        ),
+        new_log=jax.jit(new_log, out_shardings=rep),
+        new_window=jax.jit(new_window, in_shardings=rep, out_shardings=rep, donate_argnums=0),
     )
