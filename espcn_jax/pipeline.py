@@ -285,6 +285,29 @@ def _check_seed(value, name: str = "seed") -> int:
     return v
 
 
+def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> slice:
+    """The contiguous rows of a ``batch_size`` global batch that this process's devices hold under
+    ``sharding`` (split along axis 0): what it passes to ``jax.make_array_from_process_local_data``.
+
+    Read off ``sharding.addressable_devices_indices_map``; ValueError if they are not contiguous
+    (a mesh whose ``data`` axis interleaves processes).
+    """
+    batch_size = ops.check_positive_int(batch_size, "batch_size")
+    spans = set()
+    for index in sharding.addressable_devices_indices_map((batch_size,)).values():
+        start, stop, _ = index[0].indices(batch_size)
+        spans.add((start, stop))
+    start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+    covered = np.zeros(batch_size, bool)
+    for a, b in spans:
+        covered[a:b] = True
+    if not covered[start:stop].all():
+        raise ValueError(
+            f"this process's rows of the batch ({sorted(spans)}) are not contiguous under {sharding}"
+        )
+    return slice(start, stop)
+
+
 def tf_dataset(sampler: PatchSampler, *, start_step: int = 0, num_steps: int | None = None):
     """A ``tf.data.Dataset`` of the batches for steps ``start_step, start_step + 1, ...``.
 

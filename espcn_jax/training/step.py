@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +81,12 @@ def make_steps(
     mesh: Mesh,
     loss: str = "mse",
     schedule: optax.Schedule | None = None,
+    batch_fn: Callable[[Any], dict] | None = None,
+    inputs_sharding: Any = None,
 ) -> Steps:
+    """``batch_fn``: the train step becomes ``train(state, inputs)`` and forms its batch as
+    ``batch_fn(inputs)`` inside the same jit (e.g. ``DeviceSampler.make_batch``); ``inputs_sharding``
+    is then the shardings of ``inputs`` (a pytree prefix). Only the state is donated."""
     loss_fn = LOSSES[loss]
 
     def build(seed_: int) -> nnx.Module:
@@ -117,12 +123,16 @@ def make_steps(
 
     params_sh = state_shardings.params
     rep = replicated(mesh)
+
+    def train_on_inputs(state: TrainState, inputs) -> tuple[TrainState, dict]:
+        return train(state, batch_fn(inputs))
+
     return Steps(
         graphdef=graphdef,
         init=jax.jit(init, out_shardings=state_shardings),
         train=jax.jit(
-            train,
-            in_shardings=(state_shardings, data),
+            train if batch_fn is None else train_on_inputs,
+            in_shardings=(state_shardings, data if batch_fn is None else inputs_sharding),
             out_shardings=(state_shardings, rep),
             donate_argnums=0,
         ),
