@@ -22,8 +22,6 @@ RESUMABLE_FIELDS = (
     "train.checkpoint_every_steps",
     "train.keep_checkpoints",
     "train.prefetch",
-    "data.sampler",  # both give the same batches, bit for bit
-    "data.device_sampler_max_mb",
 )
 
 
