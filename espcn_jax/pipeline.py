@@ -49,8 +49,9 @@ _log = logging.getLogger(__name__)
 
 
 def on_host() -> contextlib.AbstractContextManager:
-    """Runs JAX computations on uncommitted inputs inside it on the host's first CPU device."""
-    return jax.default_device(jax.devices("cpu")[0])
+    """Runs JAX computations on uncommitted inputs inside it on this process's first CPU device
+    (``jax.devices("cpu")[0]`` belongs to process 0 under ``jax.distributed``)."""
+    return jax.default_device(jax.local_devices(backend="cpu")[0])
 
 
 PAD_MULTIPLE = 64  # LR pixels; images are edge-padded up to it, so few shapes are compiled

@@ -13,6 +13,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -208,7 +209,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _children(num_processes: int, devices_per_process: int) -> list[dict]:
+def _children(num_processes: int, devices_per_process: int, logs: pathlib.Path) -> list[dict]:
+    """Runs the child in ``num_processes`` processes; their JSON reports (stdout, stderr: logs/)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
     port = _free_port()
     procs = [
@@ -221,31 +223,40 @@ def _children(num_processes: int, devices_per_process: int) -> list[dict]:
                 str(devices_per_process),
                 str(port),
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            stdout=open(logs / f"{k}.out", "w"),
+            stderr=open(logs / f"{k}.err", "w"),
             env=env,
-        )  # fmt: skip
+        )
         for k in range(num_processes)
     ]
-    outs = [p.communicate(timeout=240) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    try:  # a process that fails leaves its peers waiting: stop them all
+        deadline = time.monotonic() + 300
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for k, p in enumerate(procs):
+        p.wait()
+        assert p.returncode == 0, (logs / f"{k}.err").read_text()[-3000:]
+    return [json.loads((logs / f"{k}.out").read_text().splitlines()[-1]) for k in range(len(procs))]
 
 
 @pytest.mark.heavy
-def test_four_devices_one_process():
-    (report,) = _children(1, 4)
+def test_four_devices_one_process(tmp_path):
+    (report,) = _children(1, 4, tmp_path)
     assert report["rows"] == [[0, 12]] and report["batches_equal"] and report["losses_close"]
     assert report["batch_collectives"] == 0  # each device gathers its own rows
 
 
 @pytest.mark.heavy
-def test_two_processes_two_devices_each():
+def test_two_processes_two_devices_each(tmp_path):
     """jax.distributed over localhost: each process supplies its rows only, the batches equal the
     host sampler's rows, and a fused data-parallel step equals a one-process step."""
-    reports = _children(2, 2)
+    reports = _children(2, 2, tmp_path)
     assert [r["rows"] for r in reports] == [[[0, 6]], [[6, 12]]]
     assert all(r["batches_equal"] and r["losses_close"] for r in reports), reports
     assert all(r["batch_collectives"] == 0 for r in reports), reports
