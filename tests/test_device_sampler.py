@@ -6,10 +6,12 @@ Multi-device and multi-process cases run in children (tests/_device_sampler_chil
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _train_child import smoke_config
+from _train_child import kill_at_train_call, smoke_config
 from flax import nnx
 from PIL import Image
 
@@ -170,7 +172,7 @@ def test_training_with_either_sampler_is_the_same_run(data_dir, tmp_path, caplog
     """The smoke run with each sampler: the same loss curve and parameters to float rounding; a
     run is resumed with the sampler it started with (exact resume); the limit falls back in one
     line."""
-    runs = {}
+    runs = {}  # the smoke config: 8 steps, checkpoints at 4 and 8
     for sampler in ("host", "device"):
         runs[sampler] = tmp_path / sampler
         training.train_and_evaluate(smoke_config(data_dir, **{"data.sampler": sampler}),
@@ -178,6 +180,17 @@ def test_training_with_either_sampler_is_the_same_run(data_dir, tmp_path, caplog
     np.testing.assert_allclose(_losses(runs["host"]), _losses(runs["device"]), rtol=1e-6)
     for x, y in zip(_final_params(runs["host"]), _final_params(runs["device"]), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+    resumed, config = tmp_path / "resumed", smoke_config(data_dir, **{"data.sampler": "device"})
+    kill_at_train_call(3, signal.SIGTERM)
+    try:
+        with pytest.raises(training.Interrupted, match="SIGTERM at step 3"):
+            training.train_and_evaluate(config, resumed)
+    finally:
+        importlib.reload(step_lib)
+    training.train_and_evaluate(config, resumed)  # exact resume: the batch of step s is (seed, s)'s
+    for x, y in zip(_final_params(resumed), _final_params(runs["device"]), strict=True):
+        np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match="differs in data.sampler"):
         cfg_lib.check_workdir_config(smoke_config(data_dir, **{"data.sampler": "device"}),
                                      runs["host"])  # fmt: skip
