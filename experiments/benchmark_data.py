@@ -1,7 +1,7 @@
-"""Batches per second the training pipeline delivers versus ESPCN train steps per second it feeds.
+"""Batches per second the training pipelines deliver versus ESPCN train steps per second they feed.
 
-Four rates, each the median over ``--windows`` windows of ``--steps`` items, the four interleaved
-round by round (the machine is shared: medians and interleaving resist neighbours):
+Six rates, each the median over ``--windows`` windows of ``--steps`` items, all interleaved round
+by round (the machine is shared: medians and interleaving resist neighbours):
 
 - ``sampler``: ``PatchSampler.batch`` alone (NumPy patch cutting, one thread);
 - ``pipeline``: ``device_batches`` (tf.data thread pool, prefetch, ``jax.device_put``), each batch
@@ -9,7 +9,11 @@ round by round (the machine is shared: medians and interleaving resist neighbour
 - ``train_step``: a minimal jitted step of the paper's ESPCN (``models.ModelConfig.espcn``: 5x5x64
   tanh, 3x3x32 tanh, 3x3 to C*r*r, pixel shuffle; MSE; Adam) on one fixed batch;
 - ``fed_train_step``: the same step consuming ``device_batches``; equal to ``train_step`` when the
-  pipeline keeps up.
+  pipeline keeps up;
+- ``device_sampler``: the device sampler's crop + transform kernel alone
+  (``DeviceSampler.make_batch``, jitted, from the rows of ``PatchSampler.locate`` made per batch);
+- ``device_fed_train_step``: the train step that makes its own batch with that kernel (one jit);
+  against ``train_step`` it is the whole step with vs without the kernel.
 
     python experiments/benchmark_data.py --json
     python experiments/benchmark_data.py --patch=24 --scale=3 --channels=3 --source=folder:/data/T91
@@ -29,7 +33,8 @@ import optax
 from absl import flags
 from flax import nnx
 
-from espcn_jax import cli, data, models, pipeline
+from espcn_jax import cli, data, device_sampler, models, pipeline
+from espcn_jax.training import step as step_lib
 
 DATA = cli.define_data_flags()
 SCALE = cli.define_scale_flag()
@@ -43,9 +48,10 @@ flags.DEFINE_integer("windows", 5, "Timed windows per rate (median reported).", 
 FLAGS = flags.FLAGS
 
 
-def make_train_step(channels: int, r: int, seed: int):
+def make_train_step(channels: int, r: int, seed: int, batch_fn=None):
     """A pure jitted ``(params, opt_state, batch) -> (params, opt_state, loss)`` of the paper's
-    ESPCN, and its initial state."""
+    ESPCN, and its initial state. ``batch_fn``: the step takes ``inputs`` and makes its batch as
+    ``batch_fn(inputs)`` inside the same jit."""
     config = models.ModelConfig.espcn(scale=r, channels=channels)
     model = models.model_from_config(config, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model, nnx.Param)
@@ -57,6 +63,7 @@ def make_train_step(channels: int, r: int, seed: int):
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, batch):
+        batch = batch if batch_fn is None else batch_fn(batch)
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -101,6 +108,12 @@ def main(argv: list[str]) -> None:
     step, params, opt_state = make_train_step(sampler.channels, SCALE.value, SEED.value)
     fixed = jax.device_put(sampler.batch(0))
     state = {"params": params, "opt": opt_state}
+    feed = device_sampler.DeviceSampler(sampler, step_lib.make_mesh(jax.devices()[:1]))
+    make_batch = jax.jit(feed.make_batch)
+    fused_step, fused_params, fused_opt = make_train_step(
+        sampler.channels, SCALE.value, SEED.value, feed.make_batch
+    )
+    fused = {"params": fused_params, "opt": fused_opt}
 
     def pipeline_window():
         for _ in range(n):
@@ -111,13 +124,28 @@ def main(argv: list[str]) -> None:
             state["params"], state["opt"], loss = step(state["params"], state["opt"], next_batch())
         jax.block_until_ready(loss)
 
+    def device_sampler_window():
+        for _ in range(n):
+            jax.block_until_ready(make_batch(feed.inputs(next(counter))))
+
+    def fused_window():
+        for _ in range(n):
+            fused["params"], fused["opt"], loss = fused_step(
+                fused["params"], fused["opt"], feed.inputs(next(counter))
+            )
+        jax.block_until_ready(loss)
+
     train_window(lambda: fixed)  # compile
+    device_sampler_window()
+    fused_window()
     rates = _rates(
         {
             "sampler": lambda: [sampler.batch(next(counter)) for _ in range(n)],
             "pipeline": pipeline_window,
             "train_step": lambda: train_window(lambda: fixed),
             "fed_train_step": lambda: train_window(lambda: next(batches)),
+            "device_sampler": device_sampler_window,
+            "device_fed_train_step": fused_window,
         }
     )
 
@@ -138,6 +166,12 @@ def main(argv: list[str]) -> None:
             "train_steps_per_s": round(rates["train_step"], 1),
             "fed_train_steps_per_s": round(rates["fed_train_step"], 1),
             "pipeline_over_train_ratio": round(rates["pipeline"] / rates["train_step"], 2),
+            "device_sampler_batches_per_s": round(rates["device_sampler"], 1),
+            "device_fed_train_steps_per_s": round(rates["device_fed_train_step"], 1),
+            "device_over_host_sampler_ratio": round(rates["device_sampler"] / rates["sampler"], 2),
+            "device_over_host_fed_ratio": round(
+                rates["device_fed_train_step"] / rates["fed_train_step"], 2
+            ),
             "load_average_1m": round(os.getloadavg()[0], 2),
             "device": str(jax.devices()[0]),
             "cpu_count": os.cpu_count(),
@@ -154,6 +188,8 @@ def print_table(result: dict) -> str:
         ("tf.data pipeline", "batches/s", result["pipeline_batches_per_s"]),
         ("ESPCN train step, fixed batch", "steps/s", result["train_steps_per_s"]),
         ("ESPCN train step, fed by the pipeline", "steps/s", result["fed_train_steps_per_s"]),
+        ("device sampler kernel", "batches/s", result["device_sampler_batches_per_s"]),
+        ("ESPCN train step, batch made inside", "steps/s", result["device_fed_train_steps_per_s"]),
     ]
     head = (
         f"{result['source']} ({result['images']} images), x{result['scale']}, "
@@ -163,6 +199,10 @@ def print_table(result: dict) -> str:
     )
     lines = [head] + [f"  {name:<38} {value:10.1f} {unit}" for name, unit, value in rows]
     lines.append(f"  pipeline / train step: {result['pipeline_over_train_ratio']:.2f}x")
+    lines.append(
+        f"  device / host sampler: {result['device_over_host_sampler_ratio']:.2f}x alone, "
+        f"{result['device_over_host_fed_ratio']:.2f}x feeding the train step"
+    )
     return "\n".join(lines)
 
 

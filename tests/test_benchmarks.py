@@ -182,11 +182,17 @@ def test_data_benchmark_builds_its_data_and_prints_only_json(fresh_data_dir, mon
     assert report["source"] == "tfds:skimage_photos/1.0.0[train]" and report["images"] == 14
     assert (report["scale"], report["patch"], report["batch_size"]) == (2, 4, 2)
     assert (report["channels"], report["color"]) == (1, "y")
-    for key in ("sampler_batches_per_s", "pipeline_batches_per_s", "train_steps_per_s"):
+    rates = ("sampler_batches_per_s", "pipeline_batches_per_s", "train_steps_per_s",
+             "fed_train_steps_per_s", "device_sampler_batches_per_s",
+             "device_fed_train_steps_per_s")  # fmt: skip
+    for key in rates:
         assert math.isfinite(report[key]) and report[key] > 0, key
     assert report["pipeline_over_train_ratio"] == pytest.approx(
         report["pipeline_batches_per_s"] / report["train_steps_per_s"], rel=0.02
     )
+    assert report["device_over_host_sampler_ratio"] == pytest.approx(
+        report["device_sampler_batches_per_s"] / report["sampler_batches_per_s"], abs=0.006
+    )  # rounded to 0.01
     for noise in NOISE:
         assert noise not in proc.stdout + proc.stderr, noise
 
@@ -197,6 +203,7 @@ def test_data_benchmark_table(fresh_data_dir, monkeypatch):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("tfds:skimage_photos/1.0.0[train] (14 images), x2")
     assert "batches/s" in proc.stdout and "steps/s" in proc.stdout and "rgb" in proc.stdout
+    assert "device sampler kernel" in proc.stdout and "device / host sampler" in proc.stdout
     with pytest.raises(json.JSONDecodeError):
         json.loads(proc.stdout)
 

@@ -13,6 +13,7 @@ from espcn_jax import models, ops
 LOSSES = ("mse", "l1")
 SCHEDULES = ("cosine", "espcn", "constant")
 OPTIMIZERS = ("adam", "sgd")
+SAMPLERS = ("host", "device")
 CONFIG_FILE = "config.json"
 # Fields that may change when a run is resumed: they do not change the parameters it computes.
 RESUMABLE_FIELDS = (
@@ -74,6 +75,12 @@ def check(config: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         raise ValueError(f"config.opt.lr and final_lr must be > 0, got {o.lr!r}, {o.final_lr!r}")
     if o.clip_norm < 0 or o.warmup_steps < 0:
         raise ValueError("config.opt.clip_norm and warmup_steps must be >= 0")
+    sampler = config.data.get("sampler", "host")  # absent from runs made before it
+    if sampler not in SAMPLERS:
+        raise ValueError(f"config.data.sampler must be one of {SAMPLERS}, got {sampler!r}")
+    max_mb = config.data.get("device_sampler_max_mb", 0.0)
+    if not isinstance(max_mb, int | float) or not max_mb >= 0:
+        raise ValueError(f"config.data.device_sampler_max_mb must be >= 0, got {max_mb!r}")
     if config.eval.every_steps < 0:
         raise ValueError(f"config.eval.every_steps must be >= 0, got {config.eval.every_steps!r}")
     devices = jax.device_count() if num_devices is None else num_devices

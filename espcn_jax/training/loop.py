@@ -33,7 +33,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from espcn_jax import data, flops, models, pipeline
+from espcn_jax import data, device_sampler, flops, models, pipeline
 from espcn_jax.training import checkpoint, evaluation, optim, writers
 from espcn_jax.training import config as cfg_lib
 from espcn_jax.training import step as step_lib
@@ -54,7 +54,8 @@ class Interrupted(Exception):
         super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint saved")
 
 
-def _build(config: ml_collections.ConfigDict, mesh=None):
+def _build(config: ml_collections.ConfigDict, mesh=None, feed=None):
+    """``feed``: a :class:`device_sampler.DeviceSampler` whose batches the train step makes."""
     model_cfg = cfg_lib.check(config)
     mesh = step_lib.make_mesh() if mesh is None else mesh
     total = config.train.steps
@@ -65,6 +66,8 @@ def _build(config: ml_collections.ConfigDict, mesh=None):
         mesh=mesh,
         loss=config.train.loss,
         schedule=optim.schedule(config.opt, total),
+        batch_fn=None if feed is None else feed.make_batch,
+        inputs_sharding=None if feed is None else feed.inputs_sharding,
     )
     return model_cfg, mesh, steps
 
@@ -180,7 +183,8 @@ class _Run:
     sets: tuple[str, ...]
     ckpts: checkpoint.Checkpoints
     writer: writers.MetricWriter | None = None
-    # (start_step, num_steps) -> device batches; None: pipeline.device_batches of the sampler
+    feed: device_sampler.DeviceSampler | None = None  # None: batches from the host sampler
+    # (start_step, num_steps) -> device batches (benchmarks); None: from the sampler or the feed
     batches: Callable[[int, int], Iterator[dict]] | None = None
 
 
@@ -188,17 +192,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Trains (resuming from the last checkpoint in ``workdir``), evaluates on ``config.eval.sets``
     and writes ``workdir/final_eval.json``, which it returns."""
     workdir = Path(workdir)
-    model_cfg, mesh, steps = _build(config)
+    model_cfg, mesh = cfg_lib.check(config), step_lib.make_mesh()
     cfg_lib.check_workdir_config(config, workdir)
     sampler = _sampler(
         config, model_cfg
     )  # bad data and patch sizes fail before anything is written
+    feed = _device_feed(config, sampler, mesh)
+    model_cfg, mesh, steps = _build(config, mesh, feed)
     sets = cfg_lib.eval_sets(config)
     for name in sets:
         evaluation.load_set(name)
     cfg_lib.write_workdir_config(config, workdir)
     ckpts = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints)
-    run = _Run(config, workdir, model_cfg, mesh, steps, sampler, sets, ckpts)
+    run = _Run(config, workdir, model_cfg, mesh, steps, sampler, sets, ckpts, feed=feed)
     try:
         return _run(run)
     finally:
@@ -218,6 +224,37 @@ def _sampler(config, model_cfg) -> pipeline.PatchSampler:
         augment=d.augment,
         balance=d.balance,
         min_std=d.min_std,
+    )
+
+
+def _device_feed(config, sampler, mesh) -> device_sampler.DeviceSampler | None:
+    """The device sampler if ``config.data.sampler == "device"`` and the images fit its limit
+    (else one log line and None: the host sampler, which gives the same batches)."""
+    if config.data.get("sampler", "host") != "device":
+        return None
+    nbytes, limit_mb = device_sampler.packed_nbytes(sampler), config.data.device_sampler_max_mb
+    if nbytes > limit_mb * 2**20:
+        logging.warning(
+            "data.sampler=device: the training images take %.1f MiB per device, over "
+            "data.device_sampler_max_mb=%g; batches come from the host sampler",
+            nbytes / 2**20,
+            limit_mb,
+        )
+        return None
+    return device_sampler.DeviceSampler(sampler, mesh)
+
+
+def _batches(run: _Run, start: int, num_steps: int):
+    """The train step's second argument for steps ``start, ...``: the device sampler's inputs or
+    the host sampler's batches, prefetched to the devices."""
+    if run.feed is not None:
+        return run.feed.inputs_for_steps(start, num_steps)
+    return pipeline.device_batches(
+        run.sampler,
+        start_step=start,
+        num_steps=num_steps,
+        sharding=step_lib.batch_sharding(run.mesh),
+        prefetch=run.config.train.prefetch,
     )
 
 
@@ -289,13 +326,7 @@ def _train(run: _Run, state, meta: dict, flops_per_step: float):
     if run.batches is not None:
         batches = run.batches(start, total - start)
     else:
-        batches = pipeline.device_batches(
-            run.sampler,
-            start_step=start,
-            num_steps=total - start,
-            sharding=step_lib.batch_sharding(run.mesh),
-            prefetch=t.prefetch,
-        )
+        batches = _batches(run, start, total - start)
     progress = writers.Progress(total, start)
     logged_loss, train_time0 = meta["train_loss"], meta["train_time_s"]
     t_start = t_log = time.perf_counter()

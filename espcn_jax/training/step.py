@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -136,7 +137,12 @@ def make_steps(
     mesh: Mesh,
     loss: str = "mse",
     schedule: optax.Schedule | None = None,
+    batch_fn: Callable[[Any], dict] | None = None,
+    inputs_sharding: Any = None,
 ) -> Steps:
+    """``batch_fn``: the train step becomes ``train(state, inputs)`` and forms its batch as
+    ``batch_fn(inputs)`` inside the same jit (e.g. ``DeviceSampler.make_batch``); ``inputs_sharding``
+    is then the shardings of ``inputs`` (a pytree prefix). Only the state is donated."""
     loss_fn = LOSSES[loss]
 
     def build(seed_: int) -> nnx.Module:
@@ -171,18 +177,23 @@ def make_steps(
         mse = jnp.mean(jnp.square(jnp.clip(sr, 0, 1) - batch["hr"]))
         return {"loss": loss_fn(sr, batch["hr"]), "psnr": -10 * jnp.log10(mse)}
 
-    def train_logged(state: TrainState, log: dict, batch: dict) -> tuple[TrainState, dict]:
-        state, metrics = train(state, batch)
+    def train_on_inputs(state: TrainState, inputs) -> tuple[TrainState, dict]:
+        return train(state, inputs if batch_fn is None else batch_fn(inputs))
+
+    def train_logged(state: TrainState, log: dict, inputs) -> tuple[TrainState, dict]:
+        state, metrics = train_on_inputs(state, inputs)
         return state, accumulate(log, metrics, state.step, all_finite(state.params))
 
     params_sh = state_shardings.params
     rep = replicated(mesh)
+    inputs_sh = data if batch_fn is None else inputs_sharding
+
     return Steps(
         graphdef=graphdef,
         init=jax.jit(init, out_shardings=state_shardings),
         train=jax.jit(
-            train,
-            in_shardings=(state_shardings, data),
+            train_on_inputs,
+            in_shardings=(state_shardings, inputs_sh),
             out_shardings=(state_shardings, rep),
             donate_argnums=0,
         ),
@@ -191,7 +202,7 @@ def make_steps(
         state_shardings=state_shardings,
         train_logged=jax.jit(
             train_logged,
-            in_shardings=(state_shardings, rep, data),
+            in_shardings=(state_shardings, rep, inputs_sh),
             out_shardings=(state_shardings, rep),
             donate_argnums=(0, 1),
         ),

@@ -37,6 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.augment = True  # random dihedral transform (8 rotations / flips) per patch
     d.balance = "pixels"  # patches per image: "pixels" (by its area) or "images" (equal)
     d.min_std = 0.0  # redraw LR patches flatter than this standard deviation (uint8 units)
+    d.sampler = "host"  # batches made by "host" (NumPy, tf.data) or "device" (in the train step)
+    d.device_sampler_max_mb = 1024.0  # above this (uint8 images per device): the host sampler
 
     config.opt = o = ml_collections.ConfigDict()
     o.optimizer = "adam"  # adam or sgd (momentum 0.9)
