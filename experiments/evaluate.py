@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from absl import flags
+from etils import epath
 
 from espcn_jax import cli, data, evaluate, inference
 
@@ -90,7 +91,7 @@ def check_flags() -> None:
     if FLAGS.model == "checkpoint":
         if not FLAGS.checkpoint:
             raise ValueError("--model=checkpoint needs --checkpoint=RUN_DIR")
-        if not Path(FLAGS.checkpoint).is_dir():
+        if not epath.Path(FLAGS.checkpoint).is_dir():  # local or gs://
             raise ValueError(f"checkpoint directory not found: {FLAGS.checkpoint}")
     elif FLAGS.checkpoint:
         raise ValueError(f"--checkpoint is for --model=checkpoint, not --model={FLAGS.model}")

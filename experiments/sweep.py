@@ -28,7 +28,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from espcn_jax import cli
+from espcn_jax import cli, storage
 from espcn_jax.study import grid, outputs, results, runner
 from espcn_jax.study.point import Context
 from espcn_jax.training import Interrupted
@@ -133,6 +133,7 @@ def main(argv: list[str]) -> None:
         cli.emit(plan, dry_run_table)
         return
     workdir = FLAGS.workdir
+    storage.check_reachable(workdir)  # one line, before any point, if a gs:// workdir is not
     path = os.path.join(workdir, results.filename((index, count)))
     logging.info(
         "sweep: %d points, shard %d/%d runs %d; results -> %s",

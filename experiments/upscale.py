@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from absl import flags, logging
+from etils import epath
 from PIL import Image
 
 from espcn_jax import cli, data, inference
@@ -43,7 +44,7 @@ def plan() -> list[tuple[Path, Path]]:
     for name in ("checkpoint", "input", "output"):
         if not getattr(FLAGS, name):
             raise ValueError(f"--{name} is required")
-    if not Path(FLAGS.checkpoint).is_dir():
+    if not epath.Path(FLAGS.checkpoint).is_dir():  # local or gs://
         raise ValueError(f"checkpoint directory not found: {FLAGS.checkpoint}")
     source, out_dir = Path(FLAGS.input), Path(FLAGS.output)
     if source.is_dir():
