@@ -72,8 +72,11 @@ class _Silence(logging.Filter):
         return False
 
 
-def check_reachable(workdir: str | os.PathLike, timeout_s: float | None = None) -> None:
-    """Writes and deletes a marker in a remote ``workdir`` before a run writes anything there.
+def check_reachable(
+    workdir: str | os.PathLike, *, write: bool = True, timeout_s: float | None = None
+) -> None:
+    """Writes and deletes a marker in a remote ``workdir`` before a run writes anything there
+    (``write=False``: asks whether it exists, for a run that is only read).
 
     :class:`UnreachableError` (one line naming the workdir and the reason) if that fails or takes
     longer than ``timeout_s`` (default :data:`PROBE_TIMEOUT_S`): gcsfs retries a refused
@@ -88,8 +91,11 @@ def check_reachable(workdir: str | os.PathLike, timeout_s: float | None = None) 
 
     def probe() -> None:
         try:
-            marker.write_bytes(b"")
-            marker.unlink()
+            if write:
+                marker.write_bytes(b"")
+                marker.unlink()
+            else:
+                marker.parent.exists()
             outcome.append(None)
         except BaseException as e:  # reported to the caller's thread
             outcome.append(e)

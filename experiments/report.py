@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from espcn_jax import cli
+from espcn_jax import cli, storage
 from espcn_jax.study import outputs
 
 flags.DEFINE_string("workdir", None, "The sweep's directory (holds results*.jsonl).")
@@ -35,6 +35,10 @@ def main(argv: list[str]) -> None:
         raise ValueError("--workdir is required")
     if FLAGS.bootstrap < 1:
         raise ValueError(f"bootstrap must be >= 1, got {FLAGS.bootstrap}")
+    # gs://: one line, not a traceback; the report goes to WORKDIR/report unless --out_dir
+    storage.check_reachable(FLAGS.workdir, write=not FLAGS.out_dir)
+    if FLAGS.out_dir:
+        storage.check_reachable(FLAGS.out_dir)
     summary = outputs.write_report(
         FLAGS.workdir, FLAGS.out_dir, samples=FLAGS.samples, n_boot=FLAGS.bootstrap
     )
