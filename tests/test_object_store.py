@@ -212,6 +212,36 @@ def test_rerun_resumes_from_the_bucket_and_trains_nothing(gcs, trained, data_dir
     assert_nothing_local(gcs)
 
 
+def test_sigterm_then_resume_on_the_bucket_is_exact(gcs, trained, data_dir):
+    """SIGTERM before train call 6: checkpoint 6 is saved to the bucket; the same command resumes
+    from it and ends with the uninterrupted run's loss and scores."""
+    workdir = f"gs://{BUCKET}/run-interrupted"
+    script = (
+        "import signal, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from _train_child import kill_at_train_call, smoke_config\n"
+        "kill_at_train_call(6, signal.SIGTERM)\n"
+        "from espcn_jax import training\n"
+        "try:\n"
+        "    training.train_and_evaluate(smoke_config(sys.argv[1]), sys.argv[2])\n"
+        "except training.Interrupted as e:\n"
+        "    sys.exit(10 + e.step)\n"
+    )
+    proc = gcs.run("", "-c", script, str(data_dir), workdir)
+    assert proc.returncode == 16, proc.stderr[-3000:]
+    assert {f.split("/")[1] for f in gcs.files(workdir) if f.startswith("checkpoints/")} == {
+        "4",
+        "6",
+    }
+    proc = gcs.run("train.py", *smoke(data_dir), f"--workdir={workdir}", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from the checkpoint at step 6" in proc.stderr
+    resumed = json.loads(proc.stdout)
+    assert resumed["train_loss"] == trained["train_loss"]
+    assert resumed["eval"] == trained["eval"]
+    assert_nothing_local(gcs)
+
+
 def test_evaluate_and_load_read_the_same_model_as_a_local_copy(gcs, trained, data_dir, tmp_path):
     copy = gcs.download(RUN, tmp_path / "copy")
     args = ["--model=checkpoint", f"--data_dir={data_dir}", "--json"]
