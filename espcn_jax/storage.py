@@ -28,11 +28,6 @@ class UnreachableError(ValueError):
     """A remote run directory cannot be written (no network, no credentials, no such bucket)."""
 
 
-def path(p: str | os.PathLike) -> epath.Path:
-    """``p`` as an ``epath.Path`` (``gs://`` kept as a URI)."""
-    return epath.Path(p)
-
-
 def is_local(p: str | os.PathLike) -> bool:
     return "://" not in os.fspath(p)
 
