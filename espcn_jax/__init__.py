@@ -4,7 +4,13 @@
 (:class:`espcn_jax.inference.Upscaler`).
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# gs:// run directories through gcsfs, the client the tests run against an emulator
+# (espcn_jax/storage.py says why); a value the user set is kept.
+os.environ.setdefault("EPATH_USE_TF", "false")
 
 
 def load(run_dir, *, tile="default"):

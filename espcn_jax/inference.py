@@ -27,14 +27,14 @@ import functools
 import math
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
-from espcn_jax import bicubic, evaluate, images, models, ops, subpixel
+from espcn_jax import bicubic, evaluate, images, models, ops, storage, subpixel
 
 DEFAULT_TILE = 256  # LR pixels per tile side; (256 + 2 * radius)^2 LR pixels per window
 BICUBIC_RADIUS = bicubic.UPSCALE_TAPS // 2  # LR pixels read on each side by bicubic.upscale
@@ -202,7 +202,8 @@ def load(run_dir: str | os.PathLike, *, tile: int | None = DEFAULT_TILE) -> Upsc
 
     A missing directory, or one holding no readable checkpoint, is a one-line ValueError naming it.
     """
-    run_dir = Path(run_dir)
+    run_dir = epath.Path(run_dir)  # local or gs://
+    storage.check_reachable(run_dir, write=False)
     if not run_dir.is_dir():
         raise ValueError(f"checkpoint directory not found: {run_dir}")
     from espcn_jax import training  # the engine; imported here so that inference stays light

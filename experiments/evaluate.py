@@ -21,8 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from absl import flags
+from etils import epath
 
-from espcn_jax import cli, data, evaluate, inference
+from espcn_jax import cli, data, evaluate, inference, storage
 
 MODEL_CHOICES = (*evaluate.MODELS, "checkpoint")
 
@@ -90,7 +91,8 @@ def check_flags() -> None:
     if FLAGS.model == "checkpoint":
         if not FLAGS.checkpoint:
             raise ValueError("--model=checkpoint needs --checkpoint=RUN_DIR")
-        if not Path(FLAGS.checkpoint).is_dir():
+        storage.check_reachable(FLAGS.checkpoint, write=False)  # gs://: one line
+        if not epath.Path(FLAGS.checkpoint).is_dir():  # local or gs://
             raise ValueError(f"checkpoint directory not found: {FLAGS.checkpoint}")
     elif FLAGS.checkpoint:
         raise ValueError(f"--checkpoint is for --model=checkpoint, not --model={FLAGS.model}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from espcn_jax import cli
+from espcn_jax import cli, storage
 from espcn_jax.study import outputs
 
 flags.DEFINE_string("workdir", None, "The sweep's directory (holds results*.jsonl).")
@@ -34,6 +34,10 @@ def main(argv: list[str]) -> None:
     cli.check_no_positional(argv)
     if FLAGS.workdir is None:
         raise ValueError("--workdir is required")
+    # gs://: one line, not a traceback; the report goes to WORKDIR/report unless --out_dir
+    storage.check_reachable(FLAGS.workdir, write=not FLAGS.out_dir)
+    if FLAGS.out_dir:
+        storage.check_reachable(FLAGS.out_dir)
     summary = outputs.write_report(FLAGS.workdir, FLAGS.out_dir, samples=FLAGS.samples)
     if JSON.value:
         summary.pop("table_md")

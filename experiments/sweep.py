@@ -38,7 +38,7 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from espcn_jax import cli
+from espcn_jax import cli, storage
 from espcn_jax.study import grid, lr_search, outputs, results, runner
 from espcn_jax.study.point import Context
 from espcn_jax.training import Interrupted
@@ -202,6 +202,7 @@ def main(argv: list[str]) -> None:
         }
         cli.emit(plan, dry_run_table)
         return
+    storage.check_reachable(workdir)  # one line, before any point, if a gs:// workdir is not
     ctx = Context(sweep, engine_config(sweep.get("engine_preset")), workdir)
     if lr_search.enabled(sweep) and searched is None:
         if count > 1 and not FLAGS.lr_search:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 from absl import flags, logging
+from etils import epath
 from PIL import Image
 
-from espcn_jax import cli, data, inference
+from espcn_jax import cli, data, inference, storage
 
 flags.DEFINE_string("checkpoint", None, "Run directory of experiments/train.py (--workdir).")
 flags.DEFINE_string("input", None, "An image file, or a directory of images.")
@@ -43,7 +44,8 @@ def plan() -> list[tuple[Path, Path]]:
     for name in ("checkpoint", "input", "output"):
         if not getattr(FLAGS, name):
             raise ValueError(f"--{name} is required")
-    if not Path(FLAGS.checkpoint).is_dir():
+    storage.check_reachable(FLAGS.checkpoint, write=False)  # gs://: one line
+    if not epath.Path(FLAGS.checkpoint).is_dir():  # local or gs://
         raise ValueError(f"checkpoint directory not found: {FLAGS.checkpoint}")
     source, out_dir = Path(FLAGS.input), Path(FLAGS.output)
     if source.is_dir():

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
-from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from espcn_jax import storage
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -58,10 +61,14 @@ def _hook_dropping_late_loop_callbacks(previous):
 class Checkpoints:
     """Saves and restores ``{"state": TrainState, "meta": dict}``; keeps the last ``keep``."""
 
-    def __init__(self, workdir: str | Path, keep: int = 3, *, read_only: bool = False):
-        self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3, *, read_only: bool = False):
+        workdir = epath.Path(workdir)
+        # Orbax wants an absolute path; a gs:// URI is one already.
+        self.directory = (workdir.absolute() if storage.is_local(workdir) else workdir) / (
+            CHECKPOINT_DIR
+        )
         if read_only and not self.directory.is_dir():
-            raise FileNotFoundError(f"no checkpoints in {Path(workdir)}")
+            raise FileNotFoundError(f"no checkpoints in {os.fspath(workdir)}")
         # A read-only manager saves nothing and deletes nothing (save_interval_steps=0,
         # max_to_keep=None: what Orbax would set, with a warning each, for read_only=True).
         with _quiet_absl_warnings() if read_only else contextlib.nullcontext():

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 import jax
 import ml_collections
+from etils import epath
 
-from espcn_jax import models, ops
+from espcn_jax import models, ops, storage
 
 LOSSES = ("mse", "l1")
 SCHEDULES = ("cosine", "espcn", "constant")
@@ -120,21 +121,21 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def write_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+def write_workdir_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
     """Writes ``config.json`` into a new run directory (atomically); checks an existing one."""
+    workdir = epath.Path(workdir)
     path = workdir / CONFIG_FILE
     check_workdir_config(config, workdir)
     if path.exists() or jax.process_index() != 0:
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(to_json(config))
-    tmp.replace(path)
+    storage.write_atomic(path, to_json(config))
 
 
-def check_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
     """ValueError unless ``workdir`` is new or holds a run of the same config (up to
     :data:`RESUMABLE_FIELDS`): another run is never overwritten."""
+    workdir = epath.Path(workdir)
     path = workdir / CONFIG_FILE
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"--workdir {workdir} is not a directory")
@@ -160,9 +161,9 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> No
         )
 
 
-def load(workdir: str | Path) -> ml_collections.ConfigDict:
+def load(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The resolved config of the run in ``workdir`` (its ``config.json``)."""
-    path = Path(workdir) / CONFIG_FILE
+    path = epath.Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir}: not a training run directory")
     try:

@@ -23,17 +23,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from espcn_jax import data, device_sampler, flops, models, pipeline
+from espcn_jax import data, device_sampler, flops, models, pipeline, storage
 from espcn_jax.training import checkpoint, evaluation, optim, writers
 from espcn_jax.training import config as cfg_lib
 from espcn_jax.training import step as step_lib
@@ -81,7 +81,7 @@ def _abstract(steps: step_lib.Steps):
 
 
 def restore(
-    workdir: str | Path, step: int | None = None
+    workdir: str | os.PathLike, step: int | None = None
 ) -> tuple[nnx.Module, ml_collections.ConfigDict]:
     """The model of the latest checkpoint in ``workdir`` (or of ``step``: ValueError if it is not
     kept there) and the run's config (from the run directory alone)."""
@@ -175,7 +175,7 @@ class _Run:
     """What a training session holds: the config, its parts, and where results go."""
 
     config: ml_collections.ConfigDict
-    workdir: Path
+    workdir: epath.Path
     model_cfg: models.ModelConfig
     mesh: Mesh
     steps: step_lib.Steps
@@ -188,11 +188,14 @@ class _Run:
     batches: Callable[[int, int], Iterator[dict]] | None = None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Trains (resuming from the last checkpoint in ``workdir``), evaluates on ``config.eval.sets``
-    and writes ``workdir/final_eval.json``, which it returns."""
-    workdir = Path(workdir)
+    and writes ``workdir/final_eval.json``, which it returns. ``workdir`` is a local directory or
+    a ``gs://`` URI (:mod:`espcn_jax.storage`); a remote one that cannot be written is a one-line
+    :class:`storage.UnreachableError` before anything is read or written there."""
+    workdir = epath.Path(workdir)
     model_cfg, mesh = cfg_lib.check(config), step_lib.make_mesh()
+    storage.check_reachable(workdir)
     cfg_lib.check_workdir_config(config, workdir)
     sampler = _sampler(
         config, model_cfg
@@ -308,9 +311,7 @@ def _final_eval(run: _Run, state, meta: dict) -> dict:
     if scores:
         run.writer.write(total, _eval_scalars(scores))
     if jax.process_index() == 0:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(path)
+        storage.write_atomic(path, json.dumps(result, indent=2))
     return result
 
 

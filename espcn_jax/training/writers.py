@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
-from pathlib import Path
 
 import jax
 from absl import logging
+from etils import epath
 
+from espcn_jax import storage
 from espcn_jax.data import import_tf
 
 METRICS_FILE = "metrics.jsonl"
@@ -21,33 +25,45 @@ class MetricWriter:
 
     A resumed run first drops rows logged after the step it resumes from (the killed run computed
     them from a state that was never saved; the resumed run logs them again).
+
+    An object store (``gs://``) has no append: there the rows are kept and ``metrics.jsonl`` is
+    uploaded whole at every write, and the event file is written to a local temporary directory
+    and uploaded whole after every flush (what TensorFlow's own GCS client does on a flush), so
+    a reader sees the rows and events up to some write, never a torn file.
     """
 
-    def __init__(self, workdir: Path, start_step: int):
-        self.path = workdir / METRICS_FILE
+    def __init__(self, workdir: str | os.PathLike, start_step: int):
+        workdir = epath.Path(workdir)
+        self.workdir, self.path = workdir, workdir / METRICS_FILE
+        self.local = storage.is_local(workdir)
         self.enabled = jax.process_index() == 0  # one writer per run, on multi-host too
         if not self.enabled:
             return
+        self._rows: list[str] = []
         if self.path.exists():
-            kept = [
+            self._rows = [
                 line
                 for line in self.path.read_text().splitlines()
                 if line.strip() and _step_of(line) <= start_step
             ]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.path)
-        self._file = self.path.open("a")
+            storage.write_atomic(self.path, "".join(line + "\n" for line in self._rows))
+        self._file = self.path.open("a") if self.local else None
         tf = import_tf()
         self._tf = tf
-        self._summary = tf.summary.create_file_writer(str(workdir))
+        self._events = os.fspath(workdir) if self.local else tempfile.mkdtemp(prefix="events-")
+        self._summary = tf.summary.create_file_writer(self._events)
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
             return
         row = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        line = json.dumps(row)
+        if self._file is not None:
+            self._file.write(line + "\n")
+            self._file.flush()
+        else:
+            self._rows.append(line)
+            storage.write_atomic(self.path, "".join(r + "\n" for r in self._rows))
         with self._summary.as_default(step=int(step)):
             for key, value in row.items():
                 if key != "step" and isinstance(value, int | float):
@@ -57,12 +73,25 @@ class MetricWriter:
                         key, self._tf.constant(value, self._tf.float32), metadata=_SCALAR_METADATA
                     )
         self._summary.flush()
+        self._upload_events()
+
+    def _upload_events(self) -> None:
+        """Copies the local event files of a remote workdir into it (each uploaded whole)."""
+        if self.local:
+            return
+        for name in sorted(os.listdir(self._events)):
+            with open(os.path.join(self._events, name), "rb") as f:
+                storage.write_atomic(self.workdir / name, f.read())
 
     def close(self) -> None:
         if not self.enabled:
             return
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         self._summary.close()
+        if not self.local:
+            self._upload_events()
+            shutil.rmtree(self._events, ignore_errors=True)
 
 
 def _step_of(line: str) -> int:
