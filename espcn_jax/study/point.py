@@ -90,7 +90,7 @@ def provenance() -> dict:
 
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    devices = jax.devices()
+    devices = jax.local_devices()
     return {
         "git_commit": commit,
         "git_dirty": bool(dirty) if commit else None,

@@ -45,8 +45,10 @@ class Interrupted(Exception):
 
 
 def _build(config: ml_collections.ConfigDict, mesh=None):
-    model_cfg = cfg_lib.check(config)
+    """The run's ModelConfig, mesh and steps; the config is checked against this mesh (its batch
+    split over ``mesh.size`` devices)."""
     mesh = step_lib.make_mesh() if mesh is None else mesh
+    model_cfg = cfg_lib.check(config, num_devices=mesh.size)
     total = config.train.steps
     steps = step_lib.make_steps(
         model_cfg,
@@ -69,9 +71,13 @@ def _abstract(steps: step_lib.Steps):
 
 def restore(workdir: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
     """The model of the latest checkpoint in ``workdir`` and the run's config (from the run
-    directory alone)."""
+    directory alone).
+
+    The parameters are restored onto this process's first local device (a 1-device mesh, so any
+    batch size restores on any device count, and every process of a multi-host job can read them).
+    """
     config = cfg_lib.load(workdir)
-    _, _, steps = _build(config, step_lib.make_mesh(jax.devices()[:1]))
+    _, _, steps = _build(config, step_lib.make_mesh(jax.local_devices()[:1]))
     ckpts = checkpoint.Checkpoints(workdir, read_only=True)
     try:
         state, _ = ckpts.restore(_abstract(steps))
