@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -57,6 +58,7 @@ def _build(config: ml_collections.ConfigDict, mesh=None):
         mesh=mesh,
         loss=config.train.loss,
         schedule=optim.schedule(config.opt, total),
+        precision=cfg_lib.precision(config),
     )
     return model_cfg, mesh, steps
 
@@ -136,6 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     and writes ``workdir/final_eval.json``, which it returns."""
     workdir = Path(workdir)
     model_cfg, mesh, steps = _build(config)
+    _log_backend(config)
     cfg_lib.check_workdir_config(config, workdir)
     sampler = _sampler(
         config, model_cfg
@@ -150,6 +153,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return _run(run)
     finally:
         ckpts.close()
+
+
+def _log_backend(config: ml_collections.ConfigDict) -> None:
+    """Logs what the run computes in: the backend, the train step's precision and, on GPUs,
+    whether XLA's deterministic ops are on (the drivers turn them on: espcn_jax/cli.py)."""
+    backend = jax.default_backend()
+    line = f"backend {backend} ({jax.local_devices()[0].device_kind}), train precision "
+    line += cfg_lib.precision(config)
+    if backend == "gpu":
+        on = "--xla_gpu_deterministic_ops=true" in os.environ.get("XLA_FLAGS", "")
+        line += f", deterministic GPU ops {'on' if on else 'OFF: runs may differ in the last bits'}"
+    logging.info("%s", line)
 
 
 def _sampler(config, model_cfg) -> pipeline.PatchSampler:
@@ -212,7 +227,8 @@ def _final_eval(run: _Run, state, meta: dict) -> dict:
         old = json.loads(path.read_text())
         if old.get("step") == total:
             result["eval"] = old.get("eval", {})
-    todo = [s for s in run.sets if s not in result["eval"]]
+    done = result["eval"]
+    todo = [s for s in run.sets if "per_image" not in done.get(s, {})]  # new, or an older format
     scores = _evaluate(run.steps.model(state.params), todo, run.model_cfg, total)
     result["eval"].update(scores)
     if scores:

@@ -80,7 +80,12 @@ def make_steps(
     mesh: Mesh,
     loss: str = "mse",
     schedule: optax.Schedule | None = None,
+    precision: str = "default",
 ) -> Steps:
+    """The jitted steps of ``model_cfg``. ``precision`` (``config.train.precision``) is the
+    ``jax.default_matmul_precision`` under which the train step is traced: lax resolves a conv's or
+    matmul's precision when the op is traced, so it is fixed in the compiled step (``"default"``
+    is one-pass bfloat16 on TPU and TF32 on recent NVIDIA GPUs; CPUs compute float32 at any)."""
     loss_fn = LOSSES[loss]
 
     def build(seed_: int) -> nnx.Module:
@@ -102,7 +107,8 @@ def make_steps(
         def objective(params):
             return loss_fn(forward(params, batch["lr"]), batch["hr"])
 
-        value, grads = jax.value_and_grad(objective)(state.params)
+        with jax.default_matmul_precision(precision):
+            value, grads = jax.value_and_grad(objective)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": value, "grad_norm": optax.global_norm(grads)}
