@@ -163,9 +163,14 @@ def receptive_radius(model: Model) -> int | None:
 
 def split_model(model: Model) -> tuple[Apply, Any]:
     """``(apply, state)`` of an ``nnx.Module`` (``nnx.split`` of :func:`float32_model`) or a plain
-    function (no state)."""
+    function (no state).
+
+    The state is copied onto this process's first local device: parameters replicated over a
+    training mesh (of every host) are evaluated by each process on its own, with no collective.
+    """
     if isinstance(model, nnx.Module):
         graphdef, state = nnx.split(float32_model(model))
+        state = jax.device_put(jax.device_get(state), jax.local_devices()[0])
         return Apply(graphdef=graphdef), state
     if not callable(model):
         raise ValueError(f"model must be an nnx.Module or a function, got {type(model).__name__}")

@@ -23,9 +23,19 @@ assert jax.device_count() == 4, jax.devices()
 model, config = training.restore(sys.argv[1])
 image = np.asarray(__import__("PIL.Image").Image.open(sys.argv[2]))
 out = espcn_jax.load(sys.argv[1], tile=7)(image)
-devices = {str(d) for x in jax.tree.leaves(__import__("flax").nnx.state(model)) for d in x.devices()}
+from flax import nnx
+devices = {str(d) for x in jax.tree.leaves(nnx.state(model)) for d in x.devices()}
+# Parameters replicated over a 4-device mesh (as training leaves them) are evaluated on one device.
+from espcn_jax import evaluate
+from espcn_jax.training import step
+mesh = step.make_mesh()
+state = nnx.state(model)
+spread = nnx.merge(nnx.graphdef(model), jax.device_put(state, step.replicated(mesh)))
+_, local = evaluate.split_model(spread)
+eval_devices = {str(d) for x in jax.tree.leaves(local) for d in x.devices()}
 print(json.dumps({"batch": config.train.batch_size, "shape": list(out.shape),
-                  "devices": sorted(devices), "local0": str(jax.local_devices()[0])}))
+                  "devices": sorted(devices), "local0": str(jax.local_devices()[0]),
+                  "mesh": mesh.size, "eval_devices": sorted(eval_devices)}))
 """
 
 
@@ -70,6 +80,7 @@ def test_batch_6_run_restores_and_evaluates_on_4_devices(batch6_run, tmp_path):
     got = json.loads(child.stdout.splitlines()[-1])
     assert got["batch"] == 6 and got["shape"] == [120, 111, 3]
     assert got["devices"] == [got["local0"]]  # one local device holds the restored parameters
+    assert got["mesh"] == 4 and got["eval_devices"] == [got["local0"]]
     proc = subprocess.run(
         [
             sys.executable,
