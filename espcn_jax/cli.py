@@ -34,6 +34,38 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF only reads data here; see data.import_tf
 
+GPU_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def _gpu_plugin_installed() -> bool:
+    """Whether a CUDA or ROCm plugin of jaxlib is installed (read from package metadata, so that
+    no backend starts: XLA reads XLA_FLAGS once, when the first backend does)."""
+    import importlib.metadata
+
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith(("jax-cuda", "jax-rocm", "jaxlib-cuda")):
+            return True
+    return False
+
+
+def set_gpu_determinism() -> bool:
+    """Adds ``--xla_gpu_deterministic_ops=true`` to ``XLA_FLAGS`` where a GPU plugin is installed,
+    unless ``XLA_FLAGS`` already names the flag (the user's choice wins). GPU convolution autotuning
+    and reductions are then run-to-run deterministic, which the bit-exact resume the docs promise
+    needs there; CPU and TPU runs are deterministic without it (and TPU runtimes are not given a
+    GPU flag). Returns whether the flag is on."""
+    current = os.environ.get("XLA_FLAGS", "")
+    if "xla_gpu_deterministic_ops" in current:
+        return GPU_DETERMINISM_FLAG in current
+    if not _gpu_plugin_installed():
+        return False
+    os.environ["XLA_FLAGS"] = f"{current} {GPU_DETERMINISM_FLAG}".strip()
+    return True
+
+
+set_gpu_determinism()  # every driver imports this module before JAX starts a backend
+
 import json  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Mapping  # noqa: E402

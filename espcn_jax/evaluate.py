@@ -27,11 +27,22 @@ store every image as RGB, so there an image whose three channels are equal count
 (``rgb2ycbcr`` on HR, ``imresize`` of the float Y down and up, round once at the end); it
 reproduces the published bicubic table to the digit (BUILD_NOTES.md).
 
-Models run under ``jax.default_matmul_precision("highest")``, so that TPUs and TF32 GPUs compute
-float32 convolutions in full precision and scores compare across devices. One compiled program per
-image shape serves every set of parameters of one architecture: an ``nnx.Module`` is split into
-its graph (static) and its state (a traced argument), so evaluating a new checkpoint does not
-recompile.
+Every model is evaluated in float32: a network built with a ``bfloat16`` compute dtype (or
+parameter dtype) is rebuilt without it (:func:`float32_model`; its parameters are float32, or cast
+exactly), and it runs under ``jax.default_matmul_precision("highest")``, so that TPUs and TF32 GPUs
+compute float32 convolutions in full precision and scores compare across devices.
+
+Compilations are bounded. The model runs on windows of the image whose sides come from a fixed set
+(:data:`WINDOWS`, LR pixels; :func:`tiling.window_tile` picks per axis the side that computes the
+fewest pixels), each window extended by the network's receptive radius (:mod:`espcn_jax.tiling`),
+so its rounded SR pixels are the whole image's, bit for bit. One image uses one window shape, so a
+set of N sizes compiles the network at most ``min(N, len(WINDOWS) ** 2)`` times (plus one per side
+shorter than the smallest window), and an ``nnx.Module`` is split into its graph (static) and its
+state (a traced argument), so a new checkpoint of one architecture compiles nothing. The scoring
+(Y, crop, PSNR, SSIM) is a second program per image shape that holds no model: it compiles once per
+shape per process, shared by every model a sweep evaluates. ``windows=None`` runs each image whole
+(one network program per shape); so do plain functions other than :func:`bicubic_model`, whose
+receptive radius is unknown.
 
 Folder rules (from :mod:`espcn_jax.data`): png/bmp/jpg/jpeg files directly in the directory;
 other files are skipped with a warning on stderr; hidden files and subdirectories are ignored; an
@@ -46,7 +57,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +66,33 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from espcn_jax import bicubic, data, images, metrics, ops
+from espcn_jax import bicubic, data, images, metrics, models, ops, tiling
 
 LR_SOURCES = ("auto", "given", "degrade")
 CHANNELS = ("rgb", "y")
 SRFn = Callable[[jax.Array], jax.Array]  # (1, h, w, C) float32 in [0, 1] -> (1, h*r, w*r, C)
 Model = nnx.Module | SRFn
 PRECISION = "highest"  # jax.default_matmul_precision while a model runs
+# LR window sides (pixels) evaluation tiles images into: steps of 1.5x and 4/3x, so that the chosen
+# side computes at most ~1.5x an axis's pixels for typical radii (2x at worst) in <= 49 shapes.
+WINDOWS = (32, 48, 64, 96, 128, 192, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bicubic:
+    """The built-in model: :func:`bicubic.upscale` (MATLAB ``imresize`` x``scale``). Hashable by
+    value (one compiled program per window shape for every instance), with its receptive radius."""
+
+    scale: int
+    receptive_radius: int = tiling.BICUBIC_RADIUS
+
+    def __call__(self, lr_NHWC: jax.Array) -> jax.Array:
+        return bicubic.upscale(lr_NHWC, self.scale)
 
 
 def bicubic_model(r: int) -> SRFn:
-    """The built-in model: :func:`bicubic.upscale` (MATLAB ``imresize`` x``r``), jitted."""
-    return jax.jit(lambda lr_NHWC: bicubic.upscale(lr_NHWC, r))
+    """The built-in model: :func:`bicubic.upscale` (MATLAB ``imresize`` x``r``)."""
+    return Bicubic(r)
 
 
 # The registry of --model values that need nothing but the scale. Trained models are loaded from a
@@ -107,10 +133,44 @@ class Apply:
         return self.fn(lr_NHWC)
 
 
+def float32_model(model: nnx.Module) -> nnx.Module:
+    """A network of :mod:`espcn_jax.models` with a ``bfloat16`` (any non-float32) compute or
+    parameter dtype, rebuilt in float32 with the same parameters (cast exactly: float32 holds every
+    bfloat16 value); any other module as it is."""
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, models.ModelConfig):
+        return model
+    if cfg.dtype in (None, "float32") and cfg.param_dtype == "float32":
+        return model
+    f32 = dataclasses.replace(cfg, dtype=None, param_dtype="float32")
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.model_from_config(f32, rngs=nnx.Rngs(0))))
+
+    def cast(x):
+        return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return nnx.merge(graphdef, jax.tree.map(cast, nnx.state(model)))
+
+
+def receptive_radius(model: Model) -> int | None:
+    """LR pixels an output pixel may read on each side (:func:`tiling.receptive_radius`) of a
+    network of :mod:`espcn_jax.models` or of :func:`bicubic_model`; None for other models."""
+    cfg = getattr(model, "config", None)
+    if isinstance(cfg, models.ModelConfig):
+        return tiling.receptive_radius(cfg)
+    radius = getattr(model, "receptive_radius", None)
+    return radius if isinstance(radius, int) else None
+
+
 def split_model(model: Model) -> tuple[Apply, Any]:
-    """``(apply, state)`` of an ``nnx.Module`` (``nnx.split``) or a plain function (no state)."""
+    """``(apply, state)`` of an ``nnx.Module`` (``nnx.split`` of :func:`float32_model`) or a plain
+    function (no state).
+
+    The state is copied onto this process's first local device: parameters replicated over a
+    training mesh (of every host) are evaluated by each process on its own, with no collective.
+    """
     if isinstance(model, nnx.Module):
-        graphdef, state = nnx.split(model)
+        graphdef, state = nnx.split(float32_model(model))
+        state = jax.device_put(jax.device_get(state), jax.local_devices()[0])
         return Apply(graphdef=graphdef), state
     if not callable(model):
         raise ValueError(f"model must be an nnx.Module or a function, got {type(model).__name__}")
@@ -171,11 +231,10 @@ def make_lr(hr_HWC: jax.Array, r: int, channels: str, round_lr: bool) -> jax.Arr
     return bicubic.downscale(x.astype(np.float32)[None], r, round_passes=round_lr)[0]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _scores(
-    apply: Apply, state, hr_HWC, lr_HWC, r: int, channels: str
-) -> tuple[jax.Array, jax.Array]:
-    """One image, traced once per architecture and shape: model, rounding, Y, crop, PSNR, SSIM."""
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _super_resolve(apply: Apply, state, lr_HWC: jax.Array, r: int, channels: str) -> jax.Array:
+    """The model on one LR window (values in [0, 255]), ``255 * SR`` rounded as MATLAB's
+    ``uint8()``: uint8 ``(h*r, w*r, C)``. Traced once per architecture and window shape."""
     if channels == "y" and lr_HWC.shape[-1] == 3:
         lr_HWC = _luma(lr_HWC)
     if channels == "rgb" and lr_HWC.shape[-1] == 1:
@@ -185,11 +244,17 @@ def _scores(
     want = (1, lr.shape[1] * r, lr.shape[2] * r, lr.shape[3])
     if tuple(sr.shape) != want:
         raise ValueError(f"the model must map {lr.shape} to {want}, got {tuple(sr.shape)}")
-    sr = images.quantize(255.0 * sr[0].astype(jnp.float32))
-    if sr.shape[-1] == 3 and hr_HWC.shape[-1] == 1:
-        sr_y = images.rgb_to_grey(sr)
+    return images.quantize(255.0 * sr[0].astype(jnp.float32)).astype(jnp.uint8)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _score(hr_HWC: jax.Array, sr_HWC: jax.Array, r: int) -> tuple[jax.Array, jax.Array]:
+    """PSNR and SSIM of one rounded SR image against its HR image: Y (or grey), ``r`` border
+    pixels cropped. Holds no model: traced once per image shape for every model."""
+    if sr_HWC.shape[-1] == 3 and hr_HWC.shape[-1] == 1:
+        sr_y = images.rgb_to_grey(sr_HWC)
     else:
-        sr_y = _luma(sr)[..., 0]
+        sr_y = _luma(sr_HWC)[..., 0]
     hr_y = metrics.shave(_luma(hr_HWC)[..., 0], r)
     sr_y = metrics.shave(sr_y, r)
     return metrics.psnr(hr_y, sr_y), metrics.ssim(hr_y, sr_y)
@@ -201,22 +266,39 @@ def evaluate_image(
     model: Model,
     r: int,
     channels: str | None = None,
+    *,
+    windows: Sequence[int] | None = WINDOWS,
 ) -> tuple[float, float]:
     """``(psnr, ssim)`` of one mod-cropped uint8 HR image and its LR image (values in [0, 255]).
 
     ``hr_HWC`` with one channel is a grey image; ``lr_HWC`` has the HR image's channels, or one (Y)
     for a ``"y"`` model. A plain function ``model`` is a static jit argument (hashable: a function,
-    or ``jax.jit`` of one); an ``nnx.Module``'s state is traced.
+    or ``jax.jit`` of one); an ``nnx.Module``'s state is traced. ``windows``: the LR window sides
+    the model runs on (module docstring); None: the whole image.
     """
     channels = model_channels(model, channels)
     apply, state = split_model(model)
-    return _evaluate_image(apply, state, hr_HWC, lr_HWC, r, channels)
+    radius = receptive_radius(model)
+    return _evaluate_image(apply, state, hr_HWC, lr_HWC, r, channels, radius, windows)
 
 
-def _evaluate_image(apply, state, hr_HWC, lr_HWC, r, channels) -> tuple[float, float]:
+def _evaluate_image(
+    apply, state, hr_HWC, lr_HWC, r, channels, radius, windows
+) -> tuple[float, float]:
     lr = np.asarray(lr_HWC, np.float32)  # one trace for given (uint8) and degraded (float) LR
+
+    def run(window: np.ndarray) -> jax.Array:
+        with jax.default_matmul_precision(PRECISION):
+            return _super_resolve(apply, state, window, r, channels)
+
+    if radius is None or windows is None:
+        sr = np.asarray(run(lr))  # on the host as tiles are: one scoring program per shape
+    else:
+        h, w = lr.shape[:2]
+        tiles = (tiling.window_tile(h, radius, windows), tiling.window_tile(w, radius, windows))
+        sr = tiling.upscale_tiled(run, lr, r, tiles, radius)
     with jax.default_matmul_precision(PRECISION):
-        p, s = _scores(apply, state, np.asarray(hr_HWC, np.uint8), lr, r, channels)
+        p, s = _score(np.asarray(hr_HWC, np.uint8), sr, r)
     return float(p), float(s)
 
 
@@ -229,17 +311,19 @@ def _run(
     r: int,
     channels: str | None,
     round_lr: bool,
+    windows: Sequence[int] | None,
 ) -> tuple[list[dict], str]:
     """Scores ``(hr_name, file, hr, lr_name, lr or None)`` items; ``(rows, resolved channels)``."""
     channels = model_channels(model, channels)
     apply, state = split_model(model)
+    radius = receptive_radius(model)
     rows = []
     for hr_name, file, hr, lr_name, lr in items:
         _check_sizes(hr_name, hr, lr_name, lr, r)
         hr = images.mod_crop(hr, r)
         if lr is None:
             lr = make_lr(hr, r, channels, round_lr)
-        p, s = _evaluate_image(apply, state, hr, lr, r, channels)
+        p, s = _evaluate_image(apply, state, hr, lr, r, channels, radius, windows)
         rows.append({"file": file, "psnr": p, "ssim": s})
     return rows, channels
 
@@ -255,6 +339,17 @@ def _report(rows, r, source, channels, round_lr, name) -> dict:
         "round_lr": round_lr,
         "data": name,
         "images": rows,
+        "per_image": per_image(rows),
+    }
+
+
+def per_image(rows: list[dict]) -> dict[str, list]:
+    """The per-image scores in the set's order as parallel lists: ``{"names": [file, ...],
+    "psnr": [dB, ...], "ssim": [...]}`` (what records keep for paired per-image comparisons)."""
+    return {
+        "names": [row["file"] for row in rows],
+        "psnr": [row["psnr"] for row in rows],
+        "ssim": [row["ssim"] for row in rows],
     }
 
 
@@ -307,13 +402,16 @@ def evaluate(
     lr_source: str = "auto",
     channels: str | None = None,
     round_lr: bool = True,
+    windows: Sequence[int] | None = WINDOWS,
 ) -> dict:
     """Runs the protocol on every image of ``data_dir``; returns means and per-image scores.
 
     Keys: ``psnr``, ``ssim`` (means over images), ``num_images``, ``images`` (``file``, ``psnr``,
-    ``ssim`` per image, sorted by file name), ``scale``, ``lr_source`` (resolved: ``given`` or
+    ``ssim`` per image, sorted by file name), ``per_image`` (the same as parallel lists ``names``,
+    ``psnr``, ``ssim``: :func:`per_image`), ``scale``, ``lr_source`` (resolved: ``given`` or
     ``degrade``), ``channels`` (resolved), ``round_lr``, ``data`` (the directory). ``round_lr``
-    only affects degraded LR. Images are read one at a time.
+    only affects degraded LR. ``windows``: the LR window sides the model runs on (None: each image
+    whole; the scores are the same, bit for bit). Images are read one at a time.
     """
     r = _check_options(scale, lr_source)
     model_channels(model, channels)  # bad channels fail before any image is read
@@ -324,7 +422,7 @@ def evaluate(
             lr = None if lr_path is None else data.load_image(lr_path)
             yield hr_path, Path(hr_path).name, data.load_image(hr_path), lr_path, lr
 
-    rows, channels = _run(model, items(), r, channels, round_lr)
+    rows, channels = _run(model, items(), r, channels, round_lr, windows)
     return _report(rows, r, source, channels, round_lr, str(data_dir))
 
 
@@ -347,6 +445,7 @@ def evaluate_source(
     lr_source: str = "auto",
     channels: str | None = None,
     round_lr: bool = True,
+    windows: Sequence[int] | None = WINDOWS,
 ) -> dict:
     """:func:`evaluate` on an in-memory :class:`data.Source` (e.g. ``data.make_source("skimage",
     split="validation")``): the same protocol and keys; ``data`` is the source's name, ``file``
@@ -363,5 +462,5 @@ def evaluate_source(
             hr, lr = _grey_if_equal(source.hr[i], source.lr[i] if use_lr else None)
             yield name, Path(name).name, hr, name if use_lr else None, lr
 
-    rows, channels = _run(model, items(), r, channels, round_lr)
+    rows, channels = _run(model, items(), r, channels, round_lr, windows)
     return _report(rows, r, "given" if use_lr else "degrade", channels, round_lr, source.name)

@@ -363,7 +363,8 @@ def measure_latency(
     min_time_s: float = 0.0,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Forward-pass latency on the default device (``timing.time_fn``: warm-up, median of N).
+    """Forward-pass latency on the default device, this process's first local device unless set
+    (``timing.time_fn``: warm-up, median of N).
 
     The model is split once and ``jax.jit`` merges it inside (not ``nnx.jit``, which adds per-call overhead); the input
     is standard-normal float32 of ``lr_shape = (N, h, w, C)``. Milliseconds.

@@ -11,22 +11,19 @@ Colour conventions are the literature's (MATLAB's):
 - grey in, grey out, in the input's layout (``(H, W)`` or ``(H, W, 1)``).
 
 The network sees ``LR / 255`` and its output times 255 is rounded as MATLAB's ``uint8()``, as in the
-evaluation protocol (:mod:`espcn_jax.evaluate`), at full float32 matmul precision.
+evaluation protocol (:mod:`espcn_jax.evaluate`): in float32 (a ``bfloat16``-compute model is rebuilt
+without it, :func:`evaluate.float32_model`) at ``"highest"`` matmul precision.
 
-Large images are upscaled in tiles, exactly: every LR tile is computed inside a window that extends
-it by :func:`receptive_radius` LR pixels on each side (clamped to the image; windows near the
-border shift inward instead of shrinking, so every tile of an image shares one compiled shape). An
-output pixel depends on no LR pixel farther than the radius, the window's own padding reaches no
-deeper than the radius, so each tile's pixels are the whole image's pixels; the tests check this
-bit for bit for every family.
+Large images are upscaled in tiles, exactly (:mod:`espcn_jax.tiling`): every LR tile is computed
+inside a window that extends it by :func:`receptive_radius` LR pixels on each side, so every tile of
+an image shares one compiled shape and the pixels equal the whole image's (tested bit for bit for
+every family).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,75 +31,12 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from espcn_jax import bicubic, evaluate, images, models, ops, storage, subpixel
+from espcn_jax import bicubic, evaluate, images, models, ops, storage
+from espcn_jax.tiling import BICUBIC_RADIUS, receptive_radius, upscale_tiled, windows
+
+__all__ = ["BICUBIC_RADIUS", "Upscaler", "load", "receptive_radius", "upscale_tiled", "windows"]
 
 DEFAULT_TILE = 256  # LR pixels per tile side; (256 + 2 * radius)^2 LR pixels per window
-BICUBIC_RADIUS = bicubic.UPSCALE_TAPS // 2  # LR pixels read on each side by bicubic.upscale
-
-
-def receptive_radius(config: models.ModelConfig) -> int:
-    """LR pixels on each side of an LR pixel that its ``r x r`` output pixels may depend on.
-
-    A ``k``-tap ``"SAME"`` conv reads ``k // 2`` pixels on its longer side. ``lr``/``deconv``: the
-    sum over their LR convs (``deconv``'s transposed conv as its LR conv, :func:`subpixel.plan`).
-    ``hr``/``lr_tied``: bicubic reads 2 LR pixels around each LR cell, and HR convs of total radius
-    ``rho`` reach ``ceil(rho / r)`` LR cells further (``lr_tied`` computes the same function; its
-    tied kernels' extra taps are structural zeros). ``residual`` adds bicubic's 2.
-
-    A radius, not a window side: tiling needs the reach on each side of a pixel (a window of
-    ``2 * radius + 1`` holds the receptive field, whose side ``models.receptive_field`` gives).
-    """
-    r, ks = config.scale, config.kernel_sizes
-    if config.family == "lr":
-        radius = sum(k // 2 for k in ks[:-1])
-        if config.upsample_padding == "SAME":
-            radius += ks[-1] // 2
-        else:
-            radius += max(max(pads) for pads in config.upsample_padding)
-    elif config.family == "deconv":
-        radius = sum(k // 2 for k in ks[:-1])
-        axis = subpixel.plan((ks[-1], ks[-1]), r, "SAME")[0]
-        lo = axis.lr_padding[0]
-        radius += max(lo, axis.taps - 1 - lo)
-    else:  # hr, lr_tied
-        radius = BICUBIC_RADIUS + math.ceil(sum(k // 2 for k in ks) / r)
-    return max(radius, BICUBIC_RADIUS) if config.residual else radius
-
-
-def windows(n: int, tile: int | None, margin: int) -> list[tuple[int, int, int, int]]:
-    """``(start, stop, window_start, window_stop)`` tiles covering ``range(n)`` along one axis.
-
-    Cores of ``tile`` pixels; each window is ``tile + 2 * margin`` long and holds its core with at
-    least ``margin`` pixels on every side that is not the image border. One window (the whole axis)
-    when ``tile`` is None or the axis is no longer than a window.
-    """
-    size = None if tile is None else tile + 2 * margin
-    if size is None or n <= size:
-        return [(0, n, 0, n)]
-    out = []
-    for start in range(0, n, tile):
-        stop = min(start + tile, n)
-        lo = min(max(start - margin, 0), n - size)
-        out.append((start, stop, lo, lo + size))
-    return out
-
-
-def upscale_tiled(
-    fn: Callable[[np.ndarray], np.ndarray], x_HWC: np.ndarray, r: int, tile: int | None, margin: int
-) -> np.ndarray:
-    """``fn`` (``(h, w, C) -> (h*r, w*r, C')``, translation-equivariant with radius ``margin``)
-    applied window by window: the same pixels as ``fn(x_HWC)``."""
-    h, w = x_HWC.shape[:2]
-    out = None
-    for y0, y1, wy0, wy1 in windows(h, tile, margin):
-        for x0, x1, wx0, wx1 in windows(w, tile, margin):
-            sr = np.asarray(fn(x_HWC[wy0:wy1, wx0:wx1]))
-            if out is None:
-                out = np.empty((h * r, w * r, sr.shape[-1]), sr.dtype)
-            rows = slice(r * (y0 - wy0), r * (y1 - wy0))
-            cols = slice(r * (x0 - wx0), r * (x1 - wx0))
-            out[r * y0 : r * y1, r * x0 : r * x1] = sr[rows, cols]
-    return out
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))

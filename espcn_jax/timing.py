@@ -116,8 +116,8 @@ def time_fn(
 
 
 def device_info() -> dict:
-    """What a benchmark ran on: the first device, the device and CPU counts, JAX's version."""
-    dev = jax.devices()[0]
+    """What a benchmark ran on: this process's first local device, the device and CPU counts, JAX's version."""
+    dev = jax.local_devices()[0]
     return {
         "platform": dev.platform,
         "device_kind": dev.device_kind,

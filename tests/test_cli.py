@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 
 import pytest
@@ -155,3 +156,21 @@ def test_shared_flags_belong_to_the_driver_that_defines_them():
     cli.define_data_flags(flag_values=fv)
     for name in ("scale", "json", "source", "split", "tfds_data_dir"):
         assert fv.find_module_defining_flag(name) == __name__, name
+
+
+def test_gpu_determinism_flag_only_where_a_gpu_plugin_is_and_never_over_the_users(monkeypatch):
+    from espcn_jax import cli as cli_lib
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    monkeypatch.setattr(cli_lib, "_gpu_plugin_installed", lambda: False)
+    assert not cli_lib.set_gpu_determinism()
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+    monkeypatch.setattr(cli_lib, "_gpu_plugin_installed", lambda: True)
+    assert cli_lib.set_gpu_determinism()
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_force_host_platform_device_count=2",
+        "--xla_gpu_deterministic_ops=true",
+    ]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")
+    assert not cli_lib.set_gpu_determinism()
+    assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=false"

@@ -5,6 +5,7 @@ the CLI end to end (JSON, table, errors)."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 
 import jax
@@ -18,7 +19,7 @@ from PIL import Image
 from skimage.color import rgb2ycbcr
 from skimage.metrics import structural_similarity
 
-from espcn_jax import bicubic, data, evaluate, models, pipeline
+from espcn_jax import bicubic, data, evaluate, images, metrics, models, pipeline, tiling
 
 # Bicubic on Set5, Y, border r (SRCNN, VDSR tables): PSNR and SSIM.
 PUBLISHED = {2: (33.66, 0.9299), 3: (30.39, 0.8682), 4: (28.42, 0.8104)}
@@ -401,3 +402,129 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, make_dir, flags, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert proc.stdout == ""
+
+
+# --- bounded compilations: the model on fixed window shapes, bit-identical scores ------------------
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _fused_scores(apply, state, hr_HWC, lr_HWC, r, channels):
+    """The evaluation as it was before windows: one program per image shape, model and scores
+    fused, the model on the whole image. The reference the windowed evaluation must equal bit for
+    bit."""
+    if channels == "y" and lr_HWC.shape[-1] == 3:
+        lr_HWC = evaluate._luma(lr_HWC)
+    if channels == "rgb" and lr_HWC.shape[-1] == 1:
+        lr_HWC = jnp.repeat(lr_HWC, 3, axis=-1)
+    sr = apply(state, lr_HWC[None] / 255.0)
+    sr = images.quantize(255.0 * sr[0].astype(jnp.float32))
+    sr_y = images.rgb_to_grey(sr) if sr.shape[-1] == 3 and hr_HWC.shape[-1] == 1 else sr
+    sr_y = evaluate._luma(sr_y)[..., 0] if sr_y.ndim == 3 else sr_y
+    hr_y = metrics.shave(evaluate._luma(hr_HWC)[..., 0], r)
+    sr_y = metrics.shave(sr_y, r)
+    return metrics.psnr(hr_y, sr_y), metrics.ssim(hr_y, sr_y)
+
+
+def _fused(hr, lr, model, r, channels):
+    apply, state = evaluate.split_model(model)
+    with jax.default_matmul_precision("highest"):
+        p, s = _fused_scores(apply, state, hr, np.asarray(lr, np.float32), r, channels)
+    return float(p), float(s)
+
+
+SIZES = [(40, 44), (46, 52), (54, 60), (62, 66), (70, 74)]  # LR sides: 5 sizes, 10 axis lengths
+WINDOWS = (24, 36)  # -> at most 4 window shapes
+
+
+@pytest.mark.parametrize(
+    "family,fields",
+    [("lr", {}), ("hr", {"kernel_sizes": (5, 3)}), ("deconv", {}), ("lr", {"residual": True})],
+)
+def test_windows_bound_compilations_and_scores_are_bit_identical(family, fields):
+    """N images of N sizes compile the network at most len(WINDOWS)^2 times; every score equals
+    the whole-image fused evaluation's exactly; the scoring program holds no model, so a second
+    architecture compiles no new scoring program."""
+    r = 2
+    cfg = models.ModelConfig(
+        family=family, scale=r, depth=2, widths=(5,), activation="tanh", **fields
+    )
+    model = models.model_from_config(cfg, rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(11)
+    hrs = [_smooth_image(rng, 2 * h, 2 * w, 1) for h, w in SIZES]
+    lrs = [np.asarray(evaluate.make_lr(hr, r, "y", True)) for hr in hrs]
+    for hr in hrs:  # every image's scoring program, compiled before the count starts
+        evaluate.evaluate_image(hr, evaluate.make_lr(hr, r, "y", True), _nearest, r, "y")
+    networks, scorers = evaluate._super_resolve._cache_size(), evaluate._score._cache_size()
+    got = [
+        evaluate.evaluate_image(h, lo, model, r, windows=WINDOWS)
+        for h, lo in zip(hrs, lrs, strict=True)
+    ]
+    compiled = evaluate._super_resolve._cache_size() - networks
+    assert 1 <= compiled <= len(WINDOWS) ** 2 < len(SIZES)
+    assert evaluate._score._cache_size() == scorers
+    want = [_fused(h, lo, model, r, "y") for h, lo in zip(hrs, lrs, strict=True)]
+    assert got == want  # bit for bit
+    whole = [
+        evaluate.evaluate_image(h, lo, model, r, windows=None)
+        for h, lo in zip(hrs, lrs, strict=True)
+    ]
+    assert whole == want
+
+
+def test_bicubic_and_rgb_windows_are_bit_identical():
+    """Bicubic (radius 2) and an RGB net on colour and grey images: windowed == fused whole."""
+    r = 3
+    rng = np.random.default_rng(12)
+    net = models.model_from_config(
+        models.ModelConfig.espcn(scale=r, channels=3, widths=(6, 4)), rngs=nnx.Rngs(0)
+    )
+    for c, (h, w) in [(3, (40, 47)), (1, (44, 38))]:
+        hr = _smooth_image(rng, r * h, r * w, c)
+        for model, channels in [(evaluate.bicubic_model(r), "y"), (net, "rgb")]:
+            lr = np.asarray(evaluate.make_lr(hr, r, channels, True))
+            got = evaluate.evaluate_image(hr, lr, model, r, channels, windows=(16, 24))
+            assert got == _fused(hr, lr, model, r, channels)
+
+
+@pytest.mark.parametrize("n", [7, 23, 24, 25, 40, 99, 300])
+def test_window_tile_picks_a_fixed_side(n):
+    tile = tiling.window_tile(n, 4, evaluate.WINDOWS)
+    if tile is None:
+        assert n < min(evaluate.WINDOWS)
+        return
+    sides = {stop - start for *_, start, stop in tiling.windows(n, tile, 4)}
+    assert sides <= set(evaluate.WINDOWS) | {n} and len(sides) == 1
+
+
+# --- float32 evaluation of bfloat16 models ------------------------------------------------------
+
+
+def test_bfloat16_checkpoint_evaluates_as_the_float32_model(tmp_path):
+    """A run trained with dtype=bfloat16 is scored exactly as the same parameters in a float32
+    network (and not as its bfloat16 computation, which gives other pixels)."""
+    from _train_child import ROOT
+
+    from espcn_jax import training
+
+    spec = importlib.util.spec_from_file_location("cfg", ROOT / "experiments/configs/espcn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("smoke")  # trains on the embedded photos
+    config.model.dtype = "bfloat16"
+    config.train.steps, config.eval.sets = 2, ""
+    training.train_and_evaluate(config, tmp_path)
+    model, _ = training.restore(tmp_path)
+    assert model.config.dtype == "bfloat16"
+    f32 = models.model_from_config(
+        models.ModelConfig(**{**vars(model.config), "dtype": None}), rngs=nnx.Rngs(9)
+    )
+    nnx.update(f32, nnx.state(model))
+    rng = np.random.default_rng(13)
+    hr = [_smooth_image(rng, 48, 51, 3), np.repeat(_smooth_image(rng, 42, 45, 1), 3, axis=-1)]
+    source = data.Source("two", hr, ["a.png", "b.png"], None)
+    got, want = evaluate.evaluate_source(model, source, 3), evaluate.evaluate_source(f32, source, 3)
+    assert got["per_image"] == want["per_image"] and got["psnr"] == want["psnr"]
+    lr = jnp.asarray(evaluate.make_lr(hr[0][:48, :51], 3, "y", True))[None] / 255.0
+    with jax.default_matmul_precision("highest"):
+        assert model(lr).dtype == jnp.bfloat16
+        assert not np.array_equal(np.asarray(model(lr), np.float32), np.asarray(f32(lr)))

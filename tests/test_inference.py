@@ -175,6 +175,7 @@ FAMILIES = [
     dict(family="deconv", residual=True),
     dict(family="hr"),
     dict(family="hr", residual=True, kernel_sizes=(9, 5, 5)),
+    dict(family="hr", dilations=(3, 3, 1)),  # rf_match="dilate" at r = 3
     dict(family="lr_tied"),
 ]
 
@@ -289,6 +290,11 @@ def test_evaluate_driver_on_a_checkpoint(run_dir, photos):
     assert report["channels"] == "y" and report["lr_source"] == "degrade"
     want = evaluate.evaluate(espcn_jax.load(run_dir).model, photos, 3)
     assert [row["file"] for row in report["images"]] == ["colour.jpg", "grey.png"]
+    assert report["per_image"] == {
+        "names": ["colour.jpg", "grey.png"],
+        "psnr": [row["psnr"] for row in report["images"]],
+        "ssim": [row["ssim"] for row in report["images"]],
+    }
     np.testing.assert_allclose(report["psnr"], want["psnr"], rtol=1e-6)
     np.testing.assert_allclose(report["ssim"], want["ssim"], rtol=1e-6)
     # The restored model is the trained one: the evaluation's scores are its own.

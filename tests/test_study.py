@@ -427,6 +427,16 @@ def test_ok_record_has_the_promised_keys_and_consistent_costs(tmp_path, smoke_po
     assert rec["status"] == "ok" and rec["eval_set"] == cfg.eval.sets[0]
     assert rec["psnr"] == rec["eval"][cfg.eval.sets[0]]["psnr"]
     assert rec["bicubic_psnr"] == rec["bicubic"][cfg.eval.sets[0]]["psnr"]
+    assert rec["precision"] == rec["config"]["train"].get("precision", "default") == "default"
+    assert rec["backend"] == "cpu" and rec["device_kind"] == rec["device"]["kind"]
+    for scores in (rec["eval"][cfg.eval.sets[0]], rec["bicubic"][cfg.eval.sets[0]]):
+        per = scores["per_image"]
+        assert len(per["names"]) == len(per["psnr"]) == len(per["ssim"]) > 1
+        assert np.mean(per["psnr"]) == pytest.approx(scores["psnr"], rel=1e-12)
+    assert (
+        rec["eval"][cfg.eval.sets[0]]["per_image"]["names"]
+        == (rec["bicubic"][cfg.eval.sets[0]]["per_image"]["names"])
+    )
     assert tuple(rec["config"]["model"]["widths"]) == hr.model.widths
     assert rec["config"]["train"]["steps"] == hr.steps and rec["config"]["train"]["seed"] == hr.seed
     h, w = flops.parse_size(cfg.measure.latency_lr_size)

@@ -3,6 +3,7 @@ clipping, mixed precision, the eval step. The loop is tested in test_train_loop.
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import jax
@@ -139,3 +140,51 @@ def test_eval_step_psnr_matches_numpy():
     sr = np.asarray(nnx.merge(steps.graphdef, state.params)(batch["lr"]))
     want = -10 * np.log10(np.mean((np.clip(sr, 0, 1) - batch["hr"]) ** 2))
     assert float(steps.evaluate(state.params, batch)["psnr"]) == pytest.approx(want, rel=1e-5)
+
+
+def _conv_precisions(jaxpr) -> set:
+    """The precision of every convolution in a (closed) jaxpr, sub-jaxprs included."""
+    out = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            out.add(str(eqn.params["precision"]))
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            out |= _conv_precisions(sub)
+    return out
+
+
+@pytest.mark.parametrize("precision", ["default", "high", "highest"])
+def test_train_step_is_traced_at_the_configured_precision(precision):
+    """config.train.precision is fixed in the train step's convolutions (forward and backward),
+    whatever jax.default_matmul_precision is around the call."""
+    cfg = models.ModelConfig(family="lr", scale=2, depth=2, widths=4)
+    steps = step_lib.make_steps(
+        cfg, optax.adam(1e-3), seed=0, mesh=step_lib.make_mesh(), precision=precision
+    )
+    batch = {"lr": np.zeros((2, 4, 4, 1), np.float32), "hr": np.zeros((2, 8, 8, 1), np.float32)}
+    with jax.default_matmul_precision("bfloat16"):
+        jaxpr = steps.train.trace(steps.init(), batch).jaxpr.jaxpr
+    want = getattr(jax.lax.Precision, precision.upper())
+    assert _conv_precisions(jaxpr) == {str((want, want))}
+
+
+def test_precision_is_validated_and_backfilled(tmp_path):
+    from _train_child import smoke_config
+
+    from espcn_jax.training import config as cfg_lib
+
+    config = smoke_config(tmp_path)
+    assert config.train.precision == "default"
+    config.train.precision = "tf32"
+    with pytest.raises(ValueError, match="config.train.precision must be one of"):
+        cfg_lib.check(config)
+    # A run directory written before the field existed: it restores and resumes as "default".
+    config.train.precision = "default"
+    old = json.loads(cfg_lib.to_json(config))
+    del old["train"]["precision"]
+    (tmp_path / cfg_lib.CONFIG_FILE).write_text(json.dumps(old))
+    assert cfg_lib.load(tmp_path).train.precision == "default"
+    cfg_lib.check_workdir_config(config, tmp_path)
+    config.train.precision = "highest"
+    with pytest.raises(ValueError, match="differs in train.precision"):
+        cfg_lib.check_workdir_config(config, tmp_path)

@@ -20,7 +20,7 @@ from _train_child import kill_at_train_call, smoke_config
 from flax import nnx
 from PIL import Image
 
-from espcn_jax import training
+from espcn_jax import data, training
 from espcn_jax.training import checkpoint, optim
 from espcn_jax.training import step as step_lib
 
@@ -75,6 +75,12 @@ def test_run_directory_contents(reference, data_dir):
     assert final["step"] == 8
     scores = final["eval"][f"folder:{data_dir}"]
     assert scores["step"] == 8 and 0 < scores["ssim"] <= 1 and scores["psnr"] > 5
+    # Per-image scores in the set's image order; their means are the set's scores.
+    per = scores["per_image"]
+    names = [pathlib.Path(n).name for n in data.make_source(f"folder:{data_dir}").names]
+    assert per["names"] == names and len(per["psnr"]) == len(per["ssim"]) == len(names)
+    assert np.mean(per["psnr"]) == pytest.approx(scores["psnr"], rel=1e-12)
+    assert np.mean(per["ssim"]) == pytest.approx(scores["ssim"], rel=1e-12)
     assert checkpoint.Checkpoints(reference, read_only=True).latest_step() == 8
     rows = [r for r in _rows(reference) if "loss" in r]
     assert [r["step"] for r in rows] == [2, 4, 6, 8]
@@ -103,6 +109,7 @@ def test_restore_rebuilds_the_evaluated_model(reference, data_dir):
     scores = evaluation.evaluate_model(model, evaluation.load_set(f"folder:{data_dir}"), 3)
     final = json.loads((reference / "final_eval.json").read_text())
     assert scores["psnr"] == pytest.approx(final["eval"][f"folder:{data_dir}"]["psnr"], abs=1e-9)
+    assert scores["per_image"] == final["eval"][f"folder:{data_dir}"]["per_image"]
 
 
 def test_same_seed_same_metrics_and_params(reference, data_dir, tmp_path):

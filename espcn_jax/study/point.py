@@ -118,7 +118,7 @@ def provenance() -> dict:
 
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    devices = jax.devices()
+    devices = jax.local_devices()
     return {
         "git_commit": commit,
         "git_dirty": bool(dirty) if commit else None,
@@ -241,6 +241,12 @@ def run_point(point: Point, ctx: Context) -> dict:
         "train_steps": final.get("step"),
         "train_loss_last": final.get("train_loss"),
         "eval": evals,
+        # what the train step computed in: config.train.precision on this backend (DEFAULT is
+        # one-pass bfloat16 on TPU, TF32 on recent NVIDIA GPUs, float32 on CPU)
+        "precision": config.train.get("precision", "default"),
+        "backend": jax.default_backend(),
+        "device_kind": jax.local_devices()[0].device_kind,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "bicubic": ctx.bicubic,
         "bicubic_psnr": ctx.bicubic[first]["psnr"],
     }

@@ -16,6 +16,11 @@ SCHEDULES = ("cosine", "espcn", "constant")
 OPTIMIZERS = ("adam", "sgd")
 SAMPLERS = ("host", "device")
 CONFIG_FILE = "config.json"
+# config.train.precision: jax.default_matmul_precision while the train step is traced.
+PRECISIONS = ("default", "high", "highest")
+# Fields added after runs were written: their value in a config.json that lacks them (the
+# behaviour those runs had), so that older run directories still restore and resume.
+BACKFILL = {"train.precision": "default"}
 # Fields that may change when a run is resumed: they do not change the parameters it computes.
 RESUMABLE_FIELDS = (
     "eval",
@@ -56,6 +61,21 @@ def eval_sets(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return tuple(n for n in names if n)
 
 
+def precision(config: ml_collections.ConfigDict) -> str:
+    """``config.train.precision`` (``"default"`` in configs written before the field existed)."""
+    return config.train.get("precision", BACKFILL["train.precision"])
+
+
+def _backfill(tree: dict) -> dict:
+    for dotted, value in BACKFILL.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node.setdefault(leaf, value)
+    return tree
+
+
 def check(config: ml_collections.ConfigDict, num_devices: int | None = None) -> models.ModelConfig:
     """Validates everything that can be checked before data is loaded; returns the ModelConfig."""
     model_cfg = model_config(config)
@@ -66,6 +86,10 @@ def check(config: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     ops.check_positive_int(t.keep_checkpoints, "config.train.keep_checkpoints")
     if not isinstance(t.seed, int) or t.seed < 0:
         raise ValueError(f"config.train.seed must be an integer >= 0, got {t.seed!r}")
+    if precision(config) not in PRECISIONS:
+        raise ValueError(
+            f"config.train.precision must be one of {PRECISIONS}, got {precision(config)!r}"
+        )
     if t.loss not in LOSSES:
         raise ValueError(f"config.train.loss must be one of {LOSSES}, got {t.loss!r}")
     if o.schedule not in SCHEDULES:
@@ -146,10 +170,10 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str | os.Pa
             )
         return
     try:
-        old = _plain(path.read_text())
+        old = _backfill(_plain(path.read_text()))
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} cannot be read ({e}); refusing to use {workdir}") from None
-    new = _plain(config)
+    new = _backfill(_plain(config))
     for field in RESUMABLE_FIELDS:
         _drop(old, field)
         _drop(new, field)
@@ -167,6 +191,6 @@ def load(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir}: not a training run directory")
     try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
+        return ml_collections.ConfigDict(_backfill(json.loads(path.read_text())))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None

@@ -30,6 +30,7 @@ def load_set(name: str) -> data.Source:
 
 def evaluate_model(model: nnx.Module, source: data.Source, scale: int) -> dict:
     """Mean PSNR/SSIM of ``model`` on ``source`` by :func:`evaluate.evaluate_source` (the model's
-    parameters are traced there: no recompilation per evaluation)."""
+    parameters are traced there: no recompilation per evaluation), and ``per_image``: ``{"names":
+    [...], "psnr": [...], "ssim": [...]}`` in the set's image order."""
     result = evaluate.evaluate_source(model, source, scale)
-    return {k: result[k] for k in ("psnr", "ssim", "num_images")}
+    return {k: result[k] for k in ("psnr", "ssim", "num_images", "per_image")}

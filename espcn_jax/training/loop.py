@@ -55,9 +55,11 @@ class Interrupted(Exception):
 
 
 def _build(config: ml_collections.ConfigDict, mesh=None, feed=None):
-    """``feed``: a :class:`device_sampler.DeviceSampler` whose batches the train step makes."""
-    model_cfg = cfg_lib.check(config)
+    """The run's ModelConfig, mesh and steps; the config is checked against this mesh (its batch
+    split over ``mesh.size`` devices). ``feed``: a :class:`device_sampler.DeviceSampler` whose
+    batches the train step makes."""
     mesh = step_lib.make_mesh() if mesh is None else mesh
+    model_cfg = cfg_lib.check(config, num_devices=mesh.size)
     total = config.train.steps
     steps = step_lib.make_steps(
         model_cfg,
@@ -68,6 +70,7 @@ def _build(config: ml_collections.ConfigDict, mesh=None, feed=None):
         schedule=optim.schedule(config.opt, total),
         batch_fn=None if feed is None else feed.make_batch,
         inputs_sharding=None if feed is None else feed.inputs_sharding,
+        precision=cfg_lib.precision(config),
     )
     return model_cfg, mesh, steps
 
@@ -84,9 +87,12 @@ def restore(
     workdir: str | os.PathLike, step: int | None = None
 ) -> tuple[nnx.Module, ml_collections.ConfigDict]:
     """The model of the latest checkpoint in ``workdir`` (or of ``step``: ValueError if it is not
-    kept there) and the run's config (from the run directory alone)."""
+    kept there) and the run's config (from the run directory alone).
+
+    The parameters are restored onto this process's first local device (a 1-device mesh, so any
+    batch size restores on any device count, and every process of a multi-host job can read them).
+    """
     config = cfg_lib.load(workdir)
-    # this process's first device: jax.devices()[0] belongs to process 0 on multi-host
     _, _, steps = _build(config, step_lib.make_mesh(jax.local_devices()[:1]))
     ckpts = checkpoint.Checkpoints(workdir, read_only=True)
     try:
@@ -194,7 +200,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     a ``gs://`` URI (:mod:`espcn_jax.storage`); a remote one that cannot be written is a one-line
     :class:`storage.UnreachableError` before anything is read or written there."""
     workdir = epath.Path(workdir)
-    model_cfg, mesh = cfg_lib.check(config), step_lib.make_mesh()
+    mesh = step_lib.make_mesh()
+    model_cfg = cfg_lib.check(config, num_devices=mesh.size)
+    _log_backend(config)
     storage.check_reachable(workdir)
     cfg_lib.check_workdir_config(config, workdir)
     sampler = _sampler(
@@ -212,6 +220,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         return _run(run)
     finally:
         ckpts.close()
+
+
+def _log_backend(config: ml_collections.ConfigDict) -> None:
+    """Logs what the run computes in: the backend, the train step's precision and, on GPUs,
+    whether XLA's deterministic ops are on (the drivers turn them on: espcn_jax/cli.py)."""
+    backend = jax.default_backend()
+    line = f"backend {backend} ({jax.local_devices()[0].device_kind}), train precision "
+    line += cfg_lib.precision(config)
+    if backend == "gpu":
+        on = "--xla_gpu_deterministic_ops=true" in os.environ.get("XLA_FLAGS", "")
+        line += f", deterministic GPU ops {'on' if on else 'OFF: runs may differ in the last bits'}"
+    logging.info("%s", line)
 
 
 def _sampler(config, model_cfg) -> pipeline.PatchSampler:
@@ -305,7 +325,8 @@ def _final_eval(run: _Run, state, meta: dict) -> dict:
         old = json.loads(path.read_text())
         if old.get("step") == total:
             result["eval"] = old.get("eval", {})
-    todo = [s for s in run.sets if s not in result["eval"]]
+    done = result["eval"]
+    todo = [s for s in run.sets if "per_image" not in done.get(s, {})]  # new, or an older format
     scores = _evaluate(_local_model(run.steps, state.params), todo, run.model_cfg, total)
     result["eval"].update(scores)
     if scores:

@@ -139,8 +139,14 @@ def make_steps(
     schedule: optax.Schedule | None = None,
     batch_fn: Callable[[Any], dict] | None = None,
     inputs_sharding: Any = None,
+    precision: str = "default",
 ) -> Steps:
-    """``batch_fn``: the train step becomes ``train(state, inputs)`` and forms its batch as
+    """The jitted steps of ``model_cfg``. ``precision`` (``config.train.precision``) is the
+    ``jax.default_matmul_precision`` under which the train step is traced: lax resolves a conv's or
+    matmul's precision when the op is traced, so it is fixed in the compiled step (``"default"``
+    is one-pass bfloat16 on TPU and TF32 on recent NVIDIA GPUs; CPUs compute float32 at any).
+
+    ``batch_fn``: the train step becomes ``train(state, inputs)`` and forms its batch as
     ``batch_fn(inputs)`` inside the same jit (e.g. ``DeviceSampler.make_batch``); ``inputs_sharding``
     is then the shardings of ``inputs`` (a pytree prefix). Only the state is donated."""
     loss_fn = LOSSES[loss]
@@ -164,7 +170,8 @@ def make_steps(
         def objective(params):
             return loss_fn(forward(params, batch["lr"]), batch["hr"])
 
-        value, grads = jax.value_and_grad(objective)(state.params)
+        with jax.default_matmul_precision(precision):
+            value, grads = jax.value_and_grad(objective)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": value, "grad_norm": optax.global_norm(grads)}

@@ -56,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.patch = 24  # LR patch side (HR patch: scale * patch)
     t.seed = 0  # parameters and the batch of every step follow from it
     t.loss = "mse"  # mse or l1, on [0, 1] pixels
+    # matmul/conv precision of the train step: default (XLA's: one-pass bfloat16 on TPU, TF32 on
+    # recent NVIDIA GPUs, float32 on CPU), high, or highest (full float32 everywhere)
+    t.precision = "default"
     t.log_every_steps = 500  # metrics.jsonl / TensorBoard / log line interval
     t.checkpoint_every_steps = 2_000  # checkpoint interval (and one at the end)
     t.keep_checkpoints = 3  # checkpoints kept on disk
