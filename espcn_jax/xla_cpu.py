@@ -22,14 +22,18 @@ Two things live here, both about how XLA:CPU (jax 0.10, YNNPACK convolutions) ru
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
+from jax.sharding import Mesh, PartitionSpec
+
+from espcn_jax import cpu_conv
 
 CHANNEL_BLOCK = 8  # YNNPACK's output-channel block on XLA:CPU
 SPLIT_MIN_IN_CHANNELS = 17  # below this the plain conv is faster (measured, see above)
@@ -148,6 +152,71 @@ def uses_channel_split(config) -> bool:
     """Whether a ``models.model_from_config`` net of ``config`` has its upsampling layer routed
     through the split on this backend (``lr`` and ``deconv``; the rule itself is per layer)."""
     return jax.default_backend() == "cpu" and config.family in ("lr", "deconv")
+
+
+# ------------------------------------------------------------------------------------------------
+# oneDNN convolutions for training (espcn_jax/cpu_conv.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnednnConv:
+    """A ``conv_general_dilated`` hook (``nnx.Conv``, :class:`FastConvTranspose`) that runs what
+    :func:`cpu_conv.supports` (float32 NHWC x HWIO, no groups) as oneDNN custom calls on the CPU
+    backend when the library is loaded, and everything else through ``fallback``.
+
+    XLA cannot partition a custom call, so under a ``mesh`` of several devices the call runs
+    inside ``jax.shard_map`` over the batch axis (each device convolves its shard; the weight
+    gradient is summed across shards by the shard_map's transpose); a batch the mesh does not
+    divide goes to ``fallback``. Frozen and hashable: it is a static field of the graph."""
+
+    fallback: Callable = lax.conv_general_dilated
+    mesh: Mesh | None = None
+
+    def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                 dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                 precision=None, preferred_element_type=None, out_sharding=None):  # fmt: skip
+        args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
+        groups = (feature_group_count, batch_group_count)
+        mesh = self.mesh if self.mesh is not None and self.mesh.size > 1 else None
+        fast = (
+            cpu_conv.supports(*args, *groups, preferred_element_type, out_sharding)
+            and (mesh is None or lhs.shape[0] % mesh.size == 0)
+            and cpu_conv.available()
+        )
+        if not fast:
+            return self.fallback(*args, *groups, precision=precision,
+                                 preferred_element_type=preferred_element_type,
+                                 out_sharding=out_sharding)  # fmt: skip
+
+        def conv(x, w):
+            return cpu_conv.conv(x, w, window_strides, padding, rhs_dilation)
+
+        if mesh is None:
+            return conv(lhs, rhs)
+        batch = PartitionSpec(mesh.axis_names)
+        return jax.shard_map(
+            conv, mesh=mesh, in_specs=(batch, PartitionSpec()), out_specs=batch, check_vma=False
+        )(lhs, rhs)
+
+
+def use_onednn_convs(model: nnx.Module, mesh: Mesh | None = None) -> nnx.Module:
+    """Routes every ``nnx.Conv`` and :class:`FastConvTranspose` of ``model`` through
+    :class:`OnednnConv` (keeping the channel split as the fallback of layers that had it), on the
+    CPU backend when :func:`cpu_conv.available`; otherwise leaves ``model`` unchanged. Returns
+    ``model`` (changed in place); parameters are untouched. Used by the train step
+    (``training.step.make_steps``); ``models.model_from_config`` nets stay plain ``lax`` (XLA's
+    cost analysis, which ``flops`` mirrors, counts nothing for a custom call)."""
+    if not cpu_conv.available():
+        return model
+    from espcn_jax.layers import FastConvTranspose  # noqa: PLC0415 (layers imports this module)
+
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Conv | FastConvTranspose):
+            fallback = node.conv_general_dilated
+            if isinstance(fallback, OnednnConv):
+                fallback = fallback.fallback
+            node.conv_general_dilated = OnednnConv(fallback, mesh)
+    return model
 
 
 # ------------------------------------------------------------------------------------------------
