@@ -164,9 +164,10 @@ class OnednnConv:
     :func:`cpu_conv.supports` (float32 NHWC x HWIO, no groups) as oneDNN custom calls on the CPU
     backend when the library is loaded, and everything else through ``fallback``.
 
-    XLA cannot partition a custom call, so under a ``mesh`` of several devices the call runs
-    inside ``jax.shard_map`` over the batch axis (each device convolves its shard; the weight
-    gradient is summed across shards by the shard_map's transpose); a batch the mesh does not
+    XLA cannot partition a custom call, so under a ``mesh`` (or else the ambient ``jax.set_mesh``
+    one) the call runs inside ``jax.shard_map`` over the batch axis (each device convolves its
+    shard; the weight gradient is summed across shards by the shard_map's transpose; with
+    Explicit axes this also gives the outputs their sharded types); a batch the mesh does not
     divide goes to ``fallback``. Frozen and hashable: it is a static field of the graph."""
 
     fallback: Callable = lax.conv_general_dilated
@@ -177,7 +178,8 @@ class OnednnConv:
                  precision=None, preferred_element_type=None, out_sharding=None):  # fmt: skip
         args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
         groups = (feature_group_count, batch_group_count)
-        mesh = self.mesh if self.mesh is not None and self.mesh.size > 1 else None
+        mesh = self.mesh if self.mesh is not None else jax.sharding.get_abstract_mesh()
+        mesh = None if mesh.empty else mesh
         fast = (
             cpu_conv.supports(*args, *groups, preferred_element_type, out_sharding)
             and (mesh is None or lhs.shape[0] % mesh.size == 0)
