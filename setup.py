@@ -74,14 +74,18 @@ class BuildOnednn(build_ext):
             )
         try:
             os.makedirs(os.path.dirname(out), exist_ok=True)
-            cmd = _compile_command(out)
+            partial = f"{out}.{os.getpid()}.tmp"  # then renamed: a loaded copy is never rewritten
+            cmd = _compile_command(partial)
             print("building the oneDNN convolutions:", shlex.join(cmd), flush=True)
             subprocess.run(cmd, check=True, timeout=600)
+            os.replace(partial, out)
         except (
             OSError,
             subprocess.SubprocessError,
             importlib.metadata.PackageNotFoundError,
         ) as err:
+            if os.path.exists(f"{out}.{os.getpid()}.tmp"):
+                os.remove(f"{out}.{os.getpid()}.tmp")
             return self._skip(str(err))
         self.built = [out]
         if base != ROOT and self.inplace:

@@ -3,7 +3,8 @@
 // Layouts are JAX's: activations NHWC, weights HWIO (oneDNN's `nhwc` and `hwio` tags); the
 // weights (a few KB) are reordered to the layout oneDNN's kernel wants, the activations are not. oneDNN primitives are slow to create, so each is built once
 // per (kind, shapes, strides, padding, dilation) and cached; executing a cached primitive from
-// several threads at once is allowed (each call brings its own scratchpad and stream).
+// several threads is allowed (each call brings its own scratchpad and stream), but the calls are
+// serialised (see Run).
 //
 //   espcn_onednn_conv_fwd          (x[N,H,W,I], w[KH,KW,I,O])  -> y[N,OH,OW,O]
 //   espcn_onednn_conv_bwd_data     (dy[N,OH,OW,O], w)          -> dx[N,H,W,I]
@@ -136,6 +137,11 @@ ffi::Error Run(int kind, const Geometry& g, void* x, void* w, void* y) {
     thread_local std::vector<char> scratch_bytes, weight_bytes;
     if (scratch_bytes.size() < c.scratch.get_size()) scratch_bytes.resize(c.scratch.get_size());
     dnnl::memory sm(c.scratch, e, scratch_bytes.data());
+    // One oneDNN call at a time: its OpenMP team already uses every core, and XLA may run two
+    // independent convs (a layer's dx and dw) on two of its threads, which would start two
+    // teams that spin against each other on the same cores.
+    static std::mutex execute_mu;
+    std::lock_guard<std::mutex> lock(execute_mu);
     dnnl::memory wm = hwio;
     if (c.reorder) {
       if (weight_bytes.size() < c.weights.get_size()) weight_bytes.resize(c.weights.get_size());
