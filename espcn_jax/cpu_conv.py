@@ -19,6 +19,7 @@ for the rest. Second derivatives are not defined (the backward custom calls have
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.metadata
@@ -56,6 +57,22 @@ def _libdnnl_path() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _passive_openmp():
+    """``OMP_WAIT_POLICY=PASSIVE`` (unless set) while GNU OpenMP loads with oneDNN, which reads it
+    once then: idle OpenMP threads sleep instead of spinning on the cores XLA's own threads
+    run the rest of the step on (measured in notes/speed.md). Restored afterwards, so another
+    OpenMP runtime loaded later (PyTorch's) keeps its defaults."""
+    key, before = "OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY")
+    if before is None:
+        os.environ[key] = "PASSIVE"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+
+
 @functools.cache
 def _load() -> tuple[bool, str]:
     """Loads the library and registers its targets once. Returns ``(ok, why)``."""
@@ -66,9 +83,10 @@ def _load() -> tuple[bool, str]:
         return False, f"{path} was not built (pip install -e . builds it; see notes/speed.md)"
     try:
         dnnl = _libdnnl_path()
-        if dnnl is not None:  # by soname, so the dynamic loader reuses it for our library
-            ctypes.CDLL(dnnl, mode=ctypes.RTLD_GLOBAL)
-        lib = ctypes.CDLL(path)
+        with _passive_openmp():
+            if dnnl is not None:  # by soname, so the dynamic loader reuses it for our library
+                ctypes.CDLL(dnnl, mode=ctypes.RTLD_GLOBAL)
+            lib = ctypes.CDLL(path)
         for target, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(
                 target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu"
