@@ -158,6 +158,9 @@ def uses_channel_split(config) -> bool:
 # oneDNN convolutions for training (espcn_jax/cpu_conv.py)
 
 
+ONEDNN_MIN_IN_CHANNELS = 2  # see OnednnConv.min_in_channels
+
+
 @dataclasses.dataclass(frozen=True)
 class OnednnConv:
     """A ``conv_general_dilated`` hook (``nnx.Conv``, :class:`FastConvTranspose`) that runs what
@@ -172,6 +175,9 @@ class OnednnConv:
 
     fallback: Callable = lax.conv_general_dilated
     mesh: Mesh | None = None
+    # A conv reading one channel (ESPCN's first layer) stays with XLA: oneDNN's weight gradient
+    # for it took 4.0 ms vs XLA's 0.8 (1 -> 64, 5x5, B16 32x32; benchmark_train.py's pieces).
+    min_in_channels: int = ONEDNN_MIN_IN_CHANNELS
 
     def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                  dimension_numbers=None, feature_group_count=1, batch_group_count=1,
@@ -183,6 +189,7 @@ class OnednnConv:
         fast = (
             cpu_conv.supports(*args, *groups, preferred_element_type, out_sharding)
             and (mesh is None or lhs.shape[0] % mesh.size == 0)
+            and rhs.shape[-2] >= self.min_in_channels
             and cpu_conv.available()
         )
         if not fast:

@@ -221,3 +221,12 @@ def test_without_the_library_the_step_runs_lax_with_one_log_line():
     lines = [line for line in proc.stderr.splitlines() if "oneDNN convolutions off" in line]
     assert len(lines) == 1, proc.stderr[-3000:]
     assert cpu_conv.DISABLE_ENV in lines[0]
+
+
+def test_one_input_channel_stays_with_xla():
+    """ESPCN's first conv (1 input channel) is faster in XLA (OnednnConv.min_in_channels)."""
+    x = jnp.ones((2, 8, 8, 1), jnp.float32)
+    w = jnp.ones((5, 5, 1, 4), jnp.float32)
+    fast = jax.jit(lambda a, b: xla_cpu.OnednnConv()(a, b, (1, 1), "SAME", dimension_numbers=DN))
+    assert "custom_call" not in fast.lower(x, w).as_text()
+    np.testing.assert_array_equal(fast(x, w), _reference(x, w, (1, 1), "SAME", (1, 1)))
