@@ -1,6 +1,6 @@
 """XLA:CPU-specific execution and cost quirks, kept out of the networks and the FLOP model's core.
 
-Two things live here, both about how XLA:CPU (jax 0.10, YNNPACK convolutions) runs our graphs:
+Three things live here, all about how XLA:CPU (jax 0.10, YNNPACK convolutions) runs our graphs:
 
 1. **The channel-remainder split** (an execution trick). YNNPACK computes conv output channels in
    blocks of 8, so a 9-channel conv (the ESPCN Y x3 sub-pixel layer) costs about as much as a
@@ -14,7 +14,12 @@ Two things live here, both about how XLA:CPU (jax 0.10, YNNPACK convolutions) ru
    layer (``lr``'s sub-pixel ``nnx.Conv``, ``deconv``'s transposed conv) through the split, on
    the CPU backend only; ``models.model_from_config`` calls it, so ``lr`` and ``deconv`` nets of
    equal widths run the same LR convolution. Results are the same up to float32 summation order.
-2. **What XLA's cost analysis counts** for those graphs, which ``flops_xla`` mirrors (the budget a
+2. **oneDNN convolutions for training** (an execution trick): :class:`OnednnConv` runs a
+   float32 NHWC conv and its two gradients as oneDNN custom calls (``espcn_jax/cpu_conv.py``),
+   about twice as fast as XLA's own convs in the ESPCN train step (notes/speed.md);
+   :func:`use_onednn_convs` routes a net's convs through it, which ``training.step.make_steps``
+   does on the CPU backend when the library was built. Same results up to summation order.
+3. **What XLA's cost analysis counts** for those graphs, which ``flops_xla`` mirrors (the budget a
    study matches never depends on them): the split's extra work (:func:`split_cost`), a cheap
    producer that XLA recomputes for both halves of a split (:data:`XLA_DUPLICATED`), and a 1x1
    conv from 1 to 1 channel that XLA's simplifier turns into a multiply (:func:`mac_flops`).
