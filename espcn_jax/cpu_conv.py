@@ -80,7 +80,7 @@ def _load() -> tuple[bool, str]:
         return False, f"{DISABLE_ENV} is set"
     path = os.path.join(LIBRARY_DIR, LIBRARY_NAME)
     if not os.path.exists(path):
-        return False, f"{path} was not built (pip install -e . builds it; see notes/speed.md)"
+        return False, f"{path} was not built (pip install builds it with g++; see setup.py)"
     try:
         dnnl = _libdnnl_path()
         with _passive_openmp():
