@@ -1,6 +1,6 @@
 """XLA:CPU-specific execution and cost quirks, kept out of the networks and the FLOP model's core.
 
-Two things live here, both about how XLA:CPU (jax 0.10, YNNPACK convolutions) runs our graphs:
+Three things live here, all about how XLA:CPU (jax 0.10, YNNPACK convolutions) runs our graphs:
 
 1. **The channel-remainder split** (an execution trick). YNNPACK computes conv output channels in
    blocks of 8, so a 9-channel conv (the ESPCN Y x3 sub-pixel layer) costs about as much as a
@@ -14,7 +14,12 @@ Two things live here, both about how XLA:CPU (jax 0.10, YNNPACK convolutions) ru
    layer (``lr``'s sub-pixel ``nnx.Conv``, ``deconv``'s transposed conv) through the split, on
    the CPU backend only; ``models.model_from_config`` calls it, so ``lr`` and ``deconv`` nets of
    equal widths run the same LR convolution. Results are the same up to float32 summation order.
-2. **What XLA's cost analysis counts** for those graphs, which ``flops_xla`` mirrors (the budget a
+2. **oneDNN convolutions for training** (an execution trick): :class:`OnednnConv` runs a
+   float32 NHWC conv and its two gradients as oneDNN custom calls (``espcn_jax/cpu_conv.py``),
+   about twice as fast as XLA's own convs in the ESPCN train step (notes/speed.md);
+   :func:`use_onednn_convs` routes a net's convs through it, which ``training.step.make_steps``
+   does on the CPU backend when the library was built. Same results up to summation order.
+3. **What XLA's cost analysis counts** for those graphs, which ``flops_xla`` mirrors (the budget a
    study matches never depends on them): the split's extra work (:func:`split_cost`), a cheap
    producer that XLA recomputes for both halves of a split (:data:`XLA_DUPLICATED`), and a 1x1
    conv from 1 to 1 channel that XLA's simplifier turns into a multiply (:func:`mac_flops`).
@@ -22,14 +27,18 @@ Two things live here, both about how XLA:CPU (jax 0.10, YNNPACK convolutions) ru
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
+from jax.sharding import Mesh, PartitionSpec
+
+from espcn_jax import cpu_conv
 
 CHANNEL_BLOCK = 8  # YNNPACK's output-channel block on XLA:CPU
 SPLIT_MIN_IN_CHANNELS = 17  # below this the plain conv is faster (measured, see above)
@@ -148,6 +157,80 @@ def uses_channel_split(config) -> bool:
     """Whether a ``models.model_from_config`` net of ``config`` has its upsampling layer routed
     through the split on this backend (``lr`` and ``deconv``; the rule itself is per layer)."""
     return jax.default_backend() == "cpu" and config.family in ("lr", "deconv")
+
+
+# ------------------------------------------------------------------------------------------------
+# oneDNN convolutions for training (espcn_jax/cpu_conv.py)
+
+
+ONEDNN_MIN_IN_CHANNELS = 2  # see OnednnConv.min_in_channels
+
+
+@dataclasses.dataclass(frozen=True)
+class OnednnConv:
+    """A ``conv_general_dilated`` hook (``nnx.Conv``, :class:`FastConvTranspose`) that runs what
+    :func:`cpu_conv.supports` (float32 NHWC x HWIO, no groups) as oneDNN custom calls on the CPU
+    backend when the library is loaded, and everything else through ``fallback``.
+
+    XLA cannot partition a custom call, so under a ``mesh`` (or else the ambient ``jax.set_mesh``
+    one) the call runs inside ``jax.shard_map`` over the batch axis (each device convolves its
+    shard; the weight gradient is summed across shards by the shard_map's transpose; with
+    Explicit axes this also gives the outputs their sharded types); a batch the mesh does not
+    divide goes to ``fallback``. Frozen and hashable: it is a static field of the graph."""
+
+    fallback: Callable = lax.conv_general_dilated
+    mesh: Mesh | None = None
+    # A conv reading one channel (ESPCN's first layer) stays with XLA: oneDNN's weight gradient
+    # for it took 4.0 ms vs XLA's 0.8 (1 -> 64, 5x5, B16 32x32; benchmark_train.py's pieces).
+    min_in_channels: int = ONEDNN_MIN_IN_CHANNELS
+
+    def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                 dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                 precision=None, preferred_element_type=None, out_sharding=None):  # fmt: skip
+        args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
+        groups = (feature_group_count, batch_group_count)
+        mesh = self.mesh if self.mesh is not None else jax.sharding.get_abstract_mesh()
+        mesh = None if mesh.empty else mesh
+        fast = (
+            cpu_conv.supports(*args, *groups, preferred_element_type, out_sharding)
+            and (mesh is None or lhs.shape[0] % mesh.size == 0)
+            and rhs.shape[-2] >= self.min_in_channels
+            and cpu_conv.available()
+        )
+        if not fast:
+            return self.fallback(*args, *groups, precision=precision,
+                                 preferred_element_type=preferred_element_type,
+                                 out_sharding=out_sharding)  # fmt: skip
+
+        def conv(x, w):
+            return cpu_conv.conv(x, w, window_strides, padding, rhs_dilation)
+
+        if mesh is None:
+            return conv(lhs, rhs)
+        batch = PartitionSpec(mesh.axis_names)
+        return jax.shard_map(
+            conv, mesh=mesh, in_specs=(batch, PartitionSpec()), out_specs=batch, check_vma=False
+        )(lhs, rhs)
+
+
+def use_onednn_convs(model: nnx.Module, mesh: Mesh | None = None) -> nnx.Module:
+    """Routes every ``nnx.Conv`` and :class:`FastConvTranspose` of ``model`` through
+    :class:`OnednnConv` (keeping the channel split as the fallback of layers that had it), on the
+    CPU backend when :func:`cpu_conv.available`; otherwise leaves ``model`` unchanged. Returns
+    ``model`` (changed in place); parameters are untouched. Used by the train step
+    (``training.step.make_steps``); ``models.model_from_config`` nets stay plain ``lax`` (XLA's
+    cost analysis, which ``flops`` mirrors, counts nothing for a custom call)."""
+    if not cpu_conv.available():
+        return model
+    from espcn_jax.layers import FastConvTranspose  # noqa: PLC0415 (layers imports this module)
+
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Conv | FastConvTranspose):
+            fallback = node.conv_general_dilated
+            if isinstance(fallback, OnednnConv):
+                fallback = fallback.fallback
+            node.conv_general_dilated = OnednnConv(fallback, mesh)
+    return model
 
 
 # ------------------------------------------------------------------------------------------------

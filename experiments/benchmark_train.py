@@ -12,6 +12,14 @@ the Y channel, MSE loss, Adam, one batch of ``--batch`` LR patches of ``--patch`
   ``nn.PixelShuffle``), ``torch.optim.Adam``, ``F.mse_loss``;
 - ``matmul``: a ``--matmul_size``-square float32 ``jnp.dot``, this machine's practical peak.
 
+Routes (issue 14: every way of running the step that was tried, timed in the same interleaved
+rounds; ``routes`` in the report): ``lax`` (XLA's own convolutions), ``onednn`` (the convolutions
+as oneDNN custom calls, ``xla_cpu.use_onednn_convs``; the CPU default where the library was
+built), ``*_scan4`` (4 steps per dispatch, ``lax.scan`` over 4 batches), ``xla_no_ynn`` (XLA's
+convolutions with its YNNPACK fusions off, an XLA flag read at backend start, so timed in a child
+process). ``pieces`` times the ESPCN convolutions one by one (forward, input and weight
+gradients) for lax, oneDNN and PyTorch: where each route's time goes.
+
 Then a real training loop over ``pipeline.device_batches`` (the embedded photos, patches made by
 ``pipeline.PatchSampler`` on tf.data threads, prefetched to the device), in a plain
 loop (dispatch step s, then wait for step s - 1), against the same loop fed one fixed
@@ -24,13 +32,17 @@ step timed beside it (target: within 5%).
 
     python experiments/benchmark_train.py --json
     python experiments/benchmark_train.py --rounds=1 --steps=5 --loop_steps=10 --json
+    ESPCN_JAX_NO_ONEDNN=1 python experiments/benchmark_train.py --json  # as without the library
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -40,7 +52,7 @@ import optax
 from absl import flags
 from flax import nnx
 
-from espcn_jax import cli, data, flops, models, pipeline
+from espcn_jax import cli, cpu_conv, data, flops, models, pipeline
 from espcn_jax.timing import device_info, tune_malloc
 from espcn_jax.training import step as step_lib
 
@@ -58,6 +70,9 @@ flags.DEFINE_bool("torch", True, "Time PyTorch too when it is importable.")
 flags.DEFINE_integer(
     "torch_threads", 0, "torch.set_num_threads (0: leave PyTorch's default).", lower_bound=0
 )
+flags.DEFINE_bool("routes", True, "Time the routes of issue 14 (lax, oneDNN, scan, XLA flags).")
+flags.DEFINE_bool("pieces", True, "Time the ESPCN convolutions one by one (lax, oneDNN, torch).")
+flags.DEFINE_string("route_child", None, "Internal: serve one route's timings on stdin/stdout.")
 DATA = cli.define_data_flags()  # the real loop's training images
 SEED = cli.define_seed_flag(help="Seed of parameters and batches.")
 JSON = cli.define_json_flag()
@@ -77,7 +92,8 @@ NOTES = {
     "speedup_vs_torch": "torch_step_ms / jax_step_ms (target >= 1.3)",
     "gflops_per_s": "analytic forward FLOPs (flops.model_cost, per image x batch) x (1 + "
     "backward_factor) / jax_step_ms",
-    "xla_step_flops": "XLA's cost_analysis of the compiled engine step (forward, backward, Adam)",
+    "xla_step_flops": "XLA's cost_analysis of the compiled engine step in plain lax (forward, "
+    "backward, Adam; XLA counts nothing for a custom call)",
     "matmul_gflops_per_s": "2 n^3 / time of a jitted n x n float32 jnp.dot in the same run",
     "pipeline_overhead": "time in next(device_batches) / loop time, in a plain loop over "
     "device_batches (target < 0.05)",
@@ -85,6 +101,10 @@ NOTES = {
     "over the engine step, fed its fixed device batch; a log window of --loop_steps steps",
     "loop_overhead": "median over rounds of loop_step_ms / the bare engine step timed just "
     "before it (target <= 1.05)",
+    "routes": "each route's median step (ms), torch_step_ms / step_ms, and the median of the "
+    "per-round ratios; jax_step_ms is the route the engine uses by default here (default_route)",
+    "pieces": "median ms of one ESPCN conv's forward, input gradient (dx) and weight gradient (dw); "
+    "torch: forward, and forward + both gradients",
     "pipeline_slowdown": "(loop ms per step - same loop on a fixed device batch) / loop ms per "
     "step: includes the CPU the input pipeline takes from the step",
 }
@@ -155,9 +175,14 @@ class Stepper:
         return metrics
 
 
-def engine_stepper(cfg: Config, mesh, batch) -> tuple[Stepper, float]:
+def engine_stepper(cfg: Config, mesh, batch, onednn_convs: bool = True) -> tuple[Stepper, float]:
     steps = step_lib.make_steps(
-        model_config(cfg), optax.adam(cfg.lr), seed=cfg.seed, mesh=mesh, loss="mse"
+        model_config(cfg),
+        optax.adam(cfg.lr),
+        seed=cfg.seed,
+        mesh=mesh,
+        loss="mse",
+        onednn_convs=onednn_convs,
     )
     state = steps.init()
     batch = jax.device_put(batch, step_lib.batch_sharding(mesh))
@@ -247,11 +272,16 @@ def matmul_stepper(cfg: Config):
 
 
 def time_steps(stepper, n: int) -> list[float]:
+    """ms per step of ``n`` calls (a stepper that runs k steps per call: ``steps_per_call``; one
+    timed elsewhere, a child process: ``time_steps``)."""
+    if hasattr(stepper, "time_steps"):
+        return stepper.time_steps(n)
+    per_call = getattr(stepper, "steps_per_call", 1)
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
         jax.block_until_ready(stepper.step())
-        out.append((time.perf_counter() - t0) * 1e3)
+        out.append((time.perf_counter() - t0) * 1e3 / per_call)
     return out
 
 
@@ -264,6 +294,192 @@ def time_rounds(steppers: dict, cfg: Config) -> dict[str, dict]:
             times = time_steps(stepper, cfg.steps)
             out[name]["rounds"].append(statistics.median(times))
             out[name]["best"] = min(out[name]["best"], min(times))
+    return out
+
+
+# --- routes (issue 14): each way of running the step, timed in the same rounds -------------------
+SCAN_K = 4  # steps per dispatch of the scan routes
+XLA_FLAG_ROUTES = {  # XLA:CPU options (read at backend start: a child process each)
+    "xla_no_ynn": "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INVALID",
+}
+ROUTE = "route:"  # prefix of the route steppers among the timed ones
+ROUTE_NOTES = {
+    "lax": "the engine step with XLA's own convolutions (make_steps(onednn_convs=False))",
+    "onednn": "the engine step with oneDNN custom-call convolutions (xla_cpu.use_onednn_convs)",
+    "lax_scan4": f"lax, {SCAN_K} steps per dispatch (lax.scan over {SCAN_K} batches), per step",
+    "onednn_scan4": f"onednn, {SCAN_K} steps per dispatch (lax.scan over {SCAN_K} batches), per step",
+    "xla_no_ynn": "lax in a child process with XLA_FLAGS="
+    + XLA_FLAG_ROUTES["xla_no_ynn"]
+    + " (YNNPACK fusions off)",
+}
+
+
+def default_route() -> str:
+    """The route ``make_steps`` takes here by default (``jax_step_ms`` times it)."""
+    return "onednn" if cpu_conv.available() else "lax"
+
+
+class ScanStepper:
+    """``SCAN_K`` engine steps per dispatch: ``lax.scan`` of the engine's step over stacked
+    copies of the batch."""
+
+    steps_per_call = SCAN_K
+
+    def __init__(self, engine: Stepper):
+        train = engine.fn
+
+        def many(state, batches):
+            return jax.lax.scan(train, state, batches)
+
+        self.fn, self.state = jax.jit(many, donate_argnums=0), engine.state
+        self.batches = jax.tree.map(lambda x: jnp.stack([x] * SCAN_K), engine.batch)
+
+    def step(self, _=None):
+        self.state, metrics = self.fn(self.state, self.batches)
+        return metrics
+
+
+class ChildStepper:
+    """The lax engine step in a child process started with extra ``XLA_FLAGS``; it times ``n``
+    steps on request (``time_steps``), so its rounds interleave with the others."""
+
+    def __init__(self, cfg: Config, xla_flags: str):
+        env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip())
+        args = [sys.executable, os.path.abspath(__file__), "--route_child=lax"]
+        args += [f"--{k}={getattr(cfg, k)}" for k in ("scale", "batch", "patch", "lr", "seed")]
+        self.flags = xla_flags
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, env=env,
+        )  # fmt: skip
+        self.time_steps(1)  # compiled and ready
+
+    def time_steps(self, n: int) -> list[float]:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(
+                f"the route child with XLA_FLAGS={self.flags} exited ({self.proc.wait()})"
+            )
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def serve_route(cfg: Config) -> None:
+    """``--route_child``: build the lax engine step, then answer each stdin line ``n`` with the
+    JSON list of ``n`` step times (ms)."""
+    mesh = step_lib.make_mesh()
+    stepper, _ = engine_stepper(cfg, mesh, fixed_batch(cfg), onednn_convs=False)
+    for line in sys.stdin:
+        print(json.dumps(time_steps(stepper, int(line))), flush=True)
+
+
+def route_steppers(cfg: Config, mesh, batch, lax_engine: Stepper | None) -> dict:
+    """The routes besides the default one (which is ``steppers["jax"]``), keyed ``route:name``."""
+    out = {}
+    if lax_engine is not None:
+        out["lax"] = lax_engine
+    for name, onednn in (("lax", False), ("onednn", True)):
+        if onednn and default_route() != "onednn":
+            continue
+        out[f"{name}_scan4"] = ScanStepper(engine_stepper(cfg, mesh, batch, onednn)[0])
+    for name, xla_flags in XLA_FLAG_ROUTES.items():
+        out[name] = ChildStepper(cfg, xla_flags)
+    return {ROUTE + k: v for k, v in out.items()}
+
+
+def route_report(timed: dict) -> dict:
+    """``{route: {step_ms, speedup_vs_torch, speedup_vs_torch_paired, round_medians_ms, what}}``,
+    the default route from ``timed["jax"]``."""
+    names = {default_route(): "jax"} | {
+        k.removeprefix(ROUTE): k for k in timed if k.startswith(ROUTE)
+    }
+    torch_rounds = timed["torch"]["rounds"] if "torch" in timed else None
+    out = {}
+    for name, key in names.items():
+        rounds = timed[key]["rounds"]
+        step_ms = statistics.median(rounds)
+        out[name] = {
+            "step_ms": step_ms,
+            "speedup_vs_torch": statistics.median(torch_rounds) / step_ms if torch_rounds else None,
+            "speedup_vs_torch_paired": statistics.median(
+                t / j for t, j in zip(torch_rounds, rounds, strict=True)
+            )
+            if torch_rounds
+            else None,
+            "round_medians_ms": rounds,
+            "what": ROUTE_NOTES.get(name, name),
+        }
+    return out
+
+
+class CallStepper:
+    """A stepper around a no-argument callable (the pieces)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def step(self, _=None):
+        return self.fn()
+
+
+def piece_steppers(cfg: Config) -> dict:
+    """Each ESPCN conv (batch x patch^2 input) alone: lax and oneDNN forward / dx / dw, jitted;
+    torch forward and forward + both gradients (``F.conv2d``, NCHW)."""
+    rng = np.random.default_rng(cfg.seed)
+    mc = model_config(cfg)
+    dn = ("NHWC", "HWIO", "NHWC")
+    routes = {
+        "lax": lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+    }
+    if cpu_conv.available():
+        routes["onednn"] = lambda x, w: cpu_conv.conv(x, w, (1, 1), "SAME")
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    out = {}
+    for (cin, cout), k in zip(mc.layer_channels(), mc.kernel_sizes, strict=True):
+        layer = f"{cin}->{cout} {k}x{k}"
+        shape = (cfg.batch, cfg.patch, cfg.patch)
+        x = jnp.asarray(rng.standard_normal((*shape, cin)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((k, k, cin, cout)), jnp.float32)
+        g = jnp.asarray(rng.standard_normal((*shape, cout)), jnp.float32)
+        for name, conv in routes.items():
+            fwd = jax.jit(conv)
+            dx = jax.jit(lambda x, w, g, c=conv: jax.vjp(lambda a: c(a, w), x)[1](g))
+            dw = jax.jit(lambda x, w, g, c=conv: jax.vjp(lambda b: c(x, b), w)[1](g))
+            out[(layer, name, "forward")] = CallStepper(lambda f=fwd, x=x, w=w: f(x, w))
+            out[(layer, name, "dx")] = CallStepper(lambda f=dx, x=x, w=w, g=g: f(x, w, g))
+            out[(layer, name, "dw")] = CallStepper(lambda f=dw, x=x, w=w, g=g: f(x, w, g))
+        if torch is not None and FLAGS.torch:
+            xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
+            wt = torch.from_numpy(np.asarray(w).transpose(3, 2, 0, 1).copy()).requires_grad_()
+            gt = torch.from_numpy(np.asarray(g).transpose(0, 3, 1, 2).copy())
+
+            def forward(xt=xt, wt=wt, k=k):
+                with torch.no_grad():
+                    torch.nn.functional.conv2d(xt, wt, padding=k // 2)
+
+            def both(xt=xt, wt=wt, gt=gt, k=k):
+                y = torch.nn.functional.conv2d(xt, wt, padding=k // 2)
+                torch.autograd.grad(y, (xt, wt), gt)
+
+            out[(layer, "torch", "forward")] = CallStepper(forward)
+            out[(layer, "torch", "forward+dx+dw")] = CallStepper(both)
+    return out
+
+
+def time_pieces(cfg: Config) -> dict:
+    """``{layer: {route: {piece: ms}}}``, medians over interleaved rounds."""
+    timed = time_rounds(piece_steppers(cfg), cfg)
+    out: dict = {}
+    for (layer, name, piece), t in timed.items():
+        out.setdefault(layer, {}).setdefault(name, {})[piece] = statistics.median(t["rounds"])
     return out
 
 
@@ -414,14 +630,26 @@ def benchmark(cfg: Config) -> dict:
     source = load_source(cfg)  # first: a bad --source fails before any compilation
     mesh = step_lib.make_mesh()
     batch = fixed_batch(cfg)
-    engine, xla_step_flops = engine_stepper(cfg, mesh, batch)
+    engine, xla_step_flops = engine_stepper(cfg, mesh, batch, default_route() == "onednn")
+    lax_engine = None
+    if default_route() != "lax":  # XLA counts nothing for a custom call: its count in plain lax
+        lax_engine, xla_step_flops = engine_stepper(cfg, mesh, batch, onednn_convs=False)
     steppers = {"jax": engine, "jax_minimal": minimal_stepper(cfg, batch)}
     torch_step = torch_stepper(cfg, batch) if FLAGS.torch else None
     if torch_step is not None:
         steppers["torch"] = torch_step
     steppers["matmul"] = matmul_stepper(cfg)
+    if FLAGS.routes:
+        steppers |= route_steppers(cfg, mesh, batch, lax_engine)
     load_before = os.getloadavg()[0]
-    timed = time_rounds(steppers, cfg)
+    try:
+        timed = time_rounds(steppers, cfg)
+    finally:
+        for stepper in steppers.values():
+            if isinstance(stepper, ChildStepper):
+                stepper.close()
+    routes = route_report(timed)
+    pieces = time_pieces(cfg) if FLAGS.pieces else None
     ms = {name: statistics.median(t["rounds"]) for name, t in timed.items()}
     cost = flops.model_cost(model_config(cfg), (cfg.patch, cfg.patch))
     forward = cost.flops * cfg.batch
@@ -458,6 +686,10 @@ def benchmark(cfg: Config) -> dict:
         "loop_overhead": engine_loop["loop_overhead"],
         "meets_loop_target": engine_loop["loop_overhead"] <= 1 + LOOP_TARGET,
         "engine_loop_rounds": engine_loop["engine_loop_rounds"],
+        "default_route": default_route(),
+        "onednn": cpu_conv.library_info(),
+        "routes": routes,
+        "pieces": pieces,
         "round_medians_ms": {name: t["rounds"] for name, t in timed.items()},
         "best_ms": {name: t["best"] for name, t in timed.items()},
         "loop_rounds": loop["loop_rounds"],
@@ -477,6 +709,16 @@ def print_table(report: dict) -> None:
     print(f"jax minimal   {r['jax_minimal_step_ms']:8.2f} ms")
     print(f"torch step    {torch_ms:>8} ms  speedup {speedup}")
     print(f"matmul        {r['matmul_gflops_per_s']:8.1f} GFLOP/s")
+    print(f"routes (default {r['default_route']}; oneDNN: {r['onednn']['detail']})")
+    for name, route in r["routes"].items():
+        vs = route["speedup_vs_torch"]
+        vs = "" if vs is None else f"  speedup {vs:.2f}x"
+        print(f"  {name:14s}{route['step_ms']:8.2f} ms{vs}")
+    for layer, by_route in (r["pieces"] or {}).items():
+        cells = "  ".join(
+            f"{name} " + "/".join(f"{ms:.2f}" for ms in p.values()) for name, p in by_route.items()
+        )
+        print(f"  conv {layer}: {cells} ms")
     print(
         f"real loop     {r['loop_ms_per_step']:8.2f} ms/step, waiting for data "
         f"{100 * r['pipeline_overhead']:.1f}%, slowdown vs fixed batch "
@@ -490,6 +732,8 @@ def print_table(report: dict) -> None:
 def main(argv: list[str]) -> None:
     cli.check_no_positional(argv)
     cfg = config_from_flags()
+    if FLAGS.route_child:
+        return serve_route(cfg)
     malloc = tune_malloc() if TUNE_MALLOC.value else None  # first, before JAX allocates
     report = {
         "device": device_info() | {"load_average_1min": os.getloadavg()[0]},

@@ -76,10 +76,36 @@ def test_train_json_keys_and_consistency(train_report):
     assert train_report["config"]["batch"] == 2 and train_report["device"]["platform"] == "cpu"
 
 
+def test_train_routes_side_by_side(train_report):
+    """Every route of issue 14 is timed in the same rounds; jax_step_ms is the default route."""
+    result = train_report["result"]
+    routes = result["routes"]
+    default = result["default_route"]
+    assert default == ("onednn" if result["onednn"]["loaded"] else "lax")
+    assert routes[default]["step_ms"] == result["jax_step_ms"]
+    expected = {"lax", "lax_scan4", "xla_no_ynn"} | (
+        {"onednn", "onednn_scan4"} if result["onednn"]["loaded"] else set()
+    )
+    assert set(routes) == expected
+    for name, route in routes.items():
+        assert _positive(route["step_ms"]) and len(route["round_medians_ms"]) == 1, name
+        if result["torch_step_ms"] is not None:
+            assert route["speedup_vs_torch"] == pytest.approx(
+                result["torch_step_ms"] / route["step_ms"]
+            )
+    layers = result["pieces"]
+    assert list(layers) == ["1->64 5x5", "64->32 3x3", "32->9 3x3"]  # ESPCN x3 Y
+    for by_route in layers.values():
+        assert set(by_route["lax"]) == {"forward", "dx", "dw"}
+        assert all(_positive(ms) for p in by_route.values() for ms in p.values())
+
+
 def test_train_without_torch_gives_nulls():
     proc = run_driver(
         "benchmark_train.py",
         "--notorch",
+        "--noroutes",
+        "--nopieces",
         "--batch=1",
         "--patch=4",
         "--rounds=1",
@@ -92,6 +118,9 @@ def test_train_without_torch_gives_nulls():
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["torch_step_ms"] is None and report["speedup_vs_torch"] is None
+    routes = report["result"]["routes"]  # the default route only, without a torch ratio
+    assert list(routes) == [report["result"]["default_route"]]
+    assert routes[report["result"]["default_route"]]["speedup_vs_torch"] is None
 
 
 @pytest.mark.parametrize(

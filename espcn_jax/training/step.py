@@ -19,7 +19,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from espcn_jax import models
+from espcn_jax import models, xla_cpu
 
 DATA_AXIS = "data"
 
@@ -140,6 +140,7 @@ def make_steps(
     batch_fn: Callable[[Any], dict] | None = None,
     inputs_sharding: Any = None,
     precision: str = "default",
+    onednn_convs: bool = True,
 ) -> Steps:
     """The jitted steps of ``model_cfg``. ``precision`` (``config.train.precision``) is the
     ``jax.default_matmul_precision`` under which the train step is traced: lax resolves a conv's or
@@ -148,11 +149,15 @@ def make_steps(
 
     ``batch_fn``: the train step becomes ``train(state, inputs)`` and forms its batch as
     ``batch_fn(inputs)`` inside the same jit (e.g. ``DeviceSampler.make_batch``); ``inputs_sharding``
-    is then the shardings of ``inputs`` (a pytree prefix). Only the state is donated."""
+    is then the shardings of ``inputs`` (a pytree prefix). Only the state is donated.
+
+    ``onednn_convs``: on the CPU backend, run the convs as oneDNN custom calls where the library
+    was built (``xla_cpu.use_onednn_convs``); False, or elsewhere, plain ``lax``."""
     loss_fn = LOSSES[loss]
 
     def build(seed_: int) -> nnx.Module:
-        return models.model_from_config(model_cfg, rngs=nnx.Rngs(seed_))
+        model = models.model_from_config(model_cfg, rngs=nnx.Rngs(seed_))
+        return xla_cpu.use_onednn_convs(model, mesh) if onednn_convs else model
 
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(seed)))
 

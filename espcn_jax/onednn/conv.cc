@@ -1,0 +1,213 @@
+// XLA FFI handlers running a 2-D float32 convolution and its two gradients with oneDNN.
+//
+// Layouts are JAX's: activations NHWC, weights HWIO (oneDNN's `nhwc` and `hwio` tags); the
+// weights (a few KB) are reordered to the layout oneDNN's kernel wants, the activations are not. oneDNN primitives are slow to create, so each is built once
+// per (kind, shapes, strides, padding, dilation) and cached; executing a cached primitive from
+// several threads is allowed (each call brings its own scratchpad and stream), but the calls are
+// serialised (see Run).
+//
+//   espcn_onednn_conv_fwd          (x[N,H,W,I], w[KH,KW,I,O])  -> y[N,OH,OW,O]
+//   espcn_onednn_conv_bwd_data     (dy[N,OH,OW,O], w)          -> dx[N,H,W,I]
+//   espcn_onednn_conv_bwd_weights  (x, dy)                      -> dw[KH,KW,I,O]
+//
+// Attributes (int64): stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, dilation_h,
+// dilation_w (1 = no dilation, JAX's convention).
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using Dims = dnnl::memory::dims;
+using Tag = dnnl::memory::format_tag;
+using F32Buffer = ffi::Buffer<ffi::F32, 4>;
+using F32Result = ffi::ResultBuffer<ffi::F32, 4>;
+
+struct Geometry {
+  Dims x, w, y;  // oneDNN's logical orders: NCHW, OIHW, NCHW
+  Dims strides, pad_l, pad_r, dilates;
+
+  std::string Key(int kind) const {
+    std::string k = std::to_string(kind);
+    for (const Dims* d : {&x, &w, &y, &strides, &pad_l, &pad_r, &dilates})
+      for (auto v : *d) k += "," + std::to_string(v);
+    return k;
+  }
+};
+
+// NHWC / HWIO extents as oneDNN's logical NCHW / OIHW dims.
+Dims Nchw(ffi::Span<const int64_t> nhwc) { return {nhwc[0], nhwc[3], nhwc[1], nhwc[2]}; }
+Dims Oihw(ffi::Span<const int64_t> hwio) { return {hwio[3], hwio[2], hwio[0], hwio[1]}; }
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::primitive_attr Attr() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+dnnl::memory::desc Act(const Dims& d) { return {d, dnnl::memory::data_type::f32, Tag::nhwc}; }
+dnnl::memory::desc Hwio(const Dims& d) { return {d, dnnl::memory::data_type::f32, Tag::hwio}; }
+dnnl::memory::desc AnyWeights(const Dims& d) {
+  return {d, dnnl::memory::data_type::f32, Tag::any};
+}
+
+// The weights take the layout oneDNN's fastest kernel wants (blocked; `hwio` sends it to a slow
+// GEMM path for the backward passes); a cached reorder converts from/to JAX's HWIO.
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, Act(g.x),
+      AnyWeights(g.w), Act(g.y), g.strides, g.dilates, g.pad_l, g.pad_r, Attr());
+}
+
+struct Cached {
+  dnnl::primitive prim;
+  dnnl::memory::desc scratch;
+  dnnl::memory::desc weights;  // the primitive's weights layout
+  bool reorder = false;        // whether it differs from HWIO
+  dnnl::primitive weights_reorder;
+};
+
+enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+Cached Build(int kind, const Geometry& g) {
+  auto& e = Engine();
+  auto fwd = ForwardDesc(g);
+  Cached c;
+  if (kind == kForward) {
+    c = {dnnl::convolution_forward(fwd), fwd.scratchpad_desc(), fwd.weights_desc()};
+  } else if (kind == kBackwardData) {
+    dnnl::convolution_backward_data::primitive_desc pd(
+        e, dnnl::algorithm::convolution_direct, Act(g.x), AnyWeights(g.w), Act(g.y), g.strides,
+        g.dilates, g.pad_l, g.pad_r, fwd, Attr());
+    c = {dnnl::convolution_backward_data(pd), pd.scratchpad_desc(), pd.weights_desc()};
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        e, dnnl::algorithm::convolution_direct, Act(g.x), AnyWeights(g.w), Act(g.y), g.strides,
+        g.dilates, g.pad_l, g.pad_r, fwd, Attr());
+    c = {dnnl::convolution_backward_weights(pd), pd.scratchpad_desc(), pd.diff_weights_desc()};
+  }
+  c.reorder = c.weights != Hwio(g.w);
+  if (c.reorder) {
+    c.weights_reorder = kind == kBackwardWeights
+                            ? dnnl::reorder(dnnl::reorder::primitive_desc(e, c.weights, e, Hwio(g.w)))
+                            : dnnl::reorder(dnnl::reorder::primitive_desc(e, Hwio(g.w), e, c.weights));
+  }
+  return c;
+}
+
+const Cached& Lookup(int kind, const Geometry& g) {
+  static std::mutex mu;
+  static auto* cache = new std::unordered_map<std::string, std::unique_ptr<Cached>>();
+  std::string key = g.Key(kind);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache->find(key);
+  if (it == cache->end())
+    it = cache->emplace(key, std::make_unique<Cached>(Build(kind, g))).first;
+  return *it->second;
+}
+
+Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                      ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                      int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+  // oneDNN counts dilation from 0 (0 = dense), JAX from 1.
+  return Geometry{Nchw(x), Oihw(w), Nchw(y), {sh, sw}, {pt, pl}, {pb, pr}, {dh - 1, dw - 1}};
+}
+
+ffi::Error Run(int kind, const Geometry& g, void* x, void* w, void* y) {
+  try {
+    const Cached& c = Lookup(kind, g);
+    auto& e = Engine();
+    dnnl::stream stream(e);
+    dnnl::memory xm(Act(g.x), e, x), ym(Act(g.y), e, y), hwio(Hwio(g.w), e, w);
+    thread_local std::vector<char> scratch_bytes, weight_bytes;
+    if (scratch_bytes.size() < c.scratch.get_size()) scratch_bytes.resize(c.scratch.get_size());
+    dnnl::memory sm(c.scratch, e, scratch_bytes.data());
+    // One oneDNN call at a time: its OpenMP team already uses every core, and XLA may run two
+    // independent convs (a layer's dx and dw) on two of its threads, which would start two
+    // teams that spin against each other on the same cores.
+    static std::mutex execute_mu;
+    std::lock_guard<std::mutex> lock(execute_mu);
+    dnnl::memory wm = hwio;
+    if (c.reorder) {
+      if (weight_bytes.size() < c.weights.get_size()) weight_bytes.resize(c.weights.get_size());
+      wm = dnnl::memory(c.weights, e, weight_bytes.data());
+      if (kind != kBackwardWeights)
+        c.weights_reorder.execute(stream, {{DNNL_ARG_FROM, hwio}, {DNNL_ARG_TO, wm}});
+    }
+    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SCRATCHPAD, sm}};
+    if (kind == kForward) {
+      args.insert({{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, ym}});
+    } else if (kind == kBackwardData) {
+      args.insert({{DNNL_ARG_DIFF_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_DST, ym}});
+    } else {
+      args.insert({{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_WEIGHTS, wm}, {DNNL_ARG_DIFF_DST, ym}});
+    }
+    c.prim.execute(stream, args);
+    if (c.reorder && kind == kBackwardWeights)
+      c.weights_reorder.execute(stream, {{DNNL_ARG_FROM, wm}, {DNNL_ARG_TO, hwio}});
+    stream.wait();
+  } catch (const dnnl::error& err) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + err.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(F32Buffer x, F32Buffer w, F32Result y, int64_t sh, int64_t sw, int64_t pt,
+                   int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+  auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr,
+                        dh, dw);
+  return Run(kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
+}
+
+ffi::Error BackwardData(F32Buffer dy, F32Buffer w, F32Result dx, int64_t sh, int64_t sw,
+                        int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+  auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr,
+                        dh, dw);
+  return Run(kBackwardData, g, dx->untyped_data(), w.untyped_data(), dy.untyped_data());
+}
+
+ffi::Error BackwardWeights(F32Buffer x, F32Buffer dy, F32Result dw_out, int64_t sh, int64_t sw,
+                           int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh,
+                           int64_t dw) {
+  auto g = MakeGeometry(x.dimensions(), dw_out->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
+                        pr, dh, dw);
+  return Run(kBackwardWeights, g, x.untyped_data(), dw_out->untyped_data(), dy.untyped_data());
+}
+
+}  // namespace
+
+#define ESPCN_CONV_ATTRS                                                                    \
+  .Attr<int64_t>("stride_h").Attr<int64_t>("stride_w").Attr<int64_t>("pad_top")              \
+      .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")     \
+      .Attr<int64_t>("dilation_h").Attr<int64_t>("dilation_w")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EspcnOnednnConvFwd, Forward,
+                              ffi::Ffi::Bind().Arg<F32Buffer>().Arg<F32Buffer>().Ret<F32Buffer>()
+                                  ESPCN_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EspcnOnednnConvBwdData, BackwardData,
+                              ffi::Ffi::Bind().Arg<F32Buffer>().Arg<F32Buffer>().Ret<F32Buffer>()
+                                  ESPCN_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EspcnOnednnConvBwdWeights, BackwardWeights,
+                              ffi::Ffi::Bind().Arg<F32Buffer>().Arg<F32Buffer>().Ret<F32Buffer>()
+                                  ESPCN_CONV_ATTRS);
+
+// The oneDNN version this library was built against, for the run-time check and logs.
+extern "C" int espcn_onednn_version() {
+  const dnnl_version_t* v = dnnl_version();
+  return v->major * 10000 + v->minor * 100 + v->patch;
+}
