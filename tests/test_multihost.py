@@ -23,7 +23,6 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from PIL import Image
 
 from espcn_jax import training
 from espcn_jax.training import checkpoint
@@ -84,15 +83,6 @@ def _launch(driver: str, args: list[str], processes: int, *, sigterm_at: int = 0
 
 def _tail(runs: list[dict]) -> str:
     return "\n".join(f"--- process {i}:\n{r['stderr'][-1500:]}" for i, r in enumerate(runs))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-    d = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for k in range(2):
-        Image.fromarray(rng.integers(0, 256, (36, 39, 3), dtype=np.uint8)).save(d / f"{k}.png")
-    return d
 
 
 def _train_args(workdir, data_dir) -> list[str]:

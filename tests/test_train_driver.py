@@ -9,9 +9,7 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -27,15 +25,6 @@ def train(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
         env=env,
         timeout=300,
     )
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-    d = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for k in range(2):
-        Image.fromarray(rng.integers(0, 256, (36, 39, 3), dtype=np.uint8)).save(d / f"{k}.png")
-    return d
 
 
 def smoke(data_dir, *more) -> list[str]:
