@@ -36,6 +36,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from espcn_jax import cli, storage
@@ -248,13 +249,16 @@ def main(argv: list[str]) -> None:
         "shard": [index, count],
         **counts,
     }
-    if jax.process_index() != 0:
-        return
-    if FLAGS.report:
-        summary["report"] = outputs.write_report(workdir)
-    if JSON.value:
-        summary.get("report", {}).pop("table_md", None)
-    cli.emit(summary, summary_table)
+    if jax.process_index() == 0:
+        if FLAGS.report:
+            summary["report"] = outputs.write_report(workdir)
+        if JSON.value:
+            summary.get("report", {}).pop("table_md", None)
+        cli.emit(summary, summary_table)
+    if jax.process_count() > 1:
+        # Process 0 timed the latency and wrote the report alone: the others wait for it here, so
+        # none leaves the job (and JAX's shutdown barrier times out) while process 0 still works.
+        multihost_utils.sync_global_devices("sweep finished")
 
 
 if __name__ == "__main__":

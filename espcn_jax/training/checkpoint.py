@@ -58,6 +58,18 @@ def _hook_dropping_late_loop_callbacks(previous):
     return hook
 
 
+def _multiprocessing(read_only: bool) -> ocp.options.MultiprocessingOptions:
+    """Orbax's defaults (every process takes part, process 0 primary), except for a read-only
+    manager on a multi-process job: only this process uses it (the study's latency step restores
+    on process 0 alone), so it must not wait in a barrier for the others."""
+    if not read_only or jax.process_count() == 1:
+        return ocp.options.MultiprocessingOptions()
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"read-{me}"
+    )
+
+
 class Checkpoints:
     """Saves and restores ``{"state": TrainState, "meta": dict}``; keeps the last ``keep``."""
 
@@ -80,6 +92,7 @@ class Checkpoints:
                     create=not read_only,
                     read_only=read_only,
                     cleanup_tmp_directories=not read_only,
+                    multiprocessing_options=_multiprocessing(read_only),
                 ),
                 item_names=("state", "meta"),
             )
