@@ -285,9 +285,7 @@ def test_smoke_sweep_and_report_on_a_bucket(gcs):
     assert summary["report"]["figures"]["training_curves"]
     # The report driver alone, into another prefix of the bucket.
     out = f"gs://{BUCKET}/report2"
-    proc = gcs.run(
-        "report.py", f"--workdir={study}", f"--out_dir={out}", "--nosamples"
-    )
+    proc = gcs.run("report.py", f"--workdir={study}", f"--out_dir={out}", "--nosamples")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {"report.md", "table.csv", "conclusion.md"} <= set(gcs.files(out))
     assert_nothing_local(gcs)
