@@ -393,6 +393,7 @@ def test_ok_record_has_the_promised_keys_and_consistent_costs(tmp_path, smoke_po
     cfg, points = smoke_points
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     cfg.eval.tied_check = True  # off in the smoke preset (sweep time); tested here
+    cfg.measure.point_latency = True  # off in the presets (latency.json times every point)
     engine = FakeEngine()
     ctx = point.Context(
         cfg, base_config(), tmp_path, train_fn=engine.train, restore_fn=engine.restore
@@ -444,6 +445,7 @@ def test_ok_record_has_the_promised_keys_and_consistent_costs(tmp_path, smoke_po
     assert rec["params"] == flops.count_params(model)
     assert rec["flops_xla"] == pytest.approx(flops.xla_cost(model, (1, h, w, 1))["flops"])
     assert rec["memory_bytes"] >= 4 * (h * 3) * (w * 3)  # at least the float32 output
+    assert rec["latency_ms"] > 0 and rec["throughput_images_per_s"] > 0
     # an hr net and its exact LR-space image score the same
     tied = rec["tied_check"]
     assert tied["psnr_hr"] == pytest.approx(tied["psnr_lr_tied"], abs=1e-3)

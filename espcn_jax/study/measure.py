@@ -74,19 +74,30 @@ def throughput(model: nnx.Module, batch_shape, repeats: int) -> dict:
 
 
 def cost(
-    model: nnx.Module, lr_size, *, latency_repeats: int, throughput_batch: int, throughput_lr_size
+    model: nnx.Module,
+    lr_size,
+    *,
+    latency_repeats: int,
+    throughput_batch: int,
+    throughput_lr_size,
+    timed: bool = True,
 ) -> dict:
-    """Cost, speed and memory of ``model`` on this device (module docstring)."""
+    """Cost, speed and memory of ``model`` on this device (module docstring). ``timed=False``
+    skips the point's own latency and throughput timing (``latency_ms``, ``latency``,
+    ``throughput_images_per_s`` and ``throughput`` are None): a sweep that times every point
+    interleaved afterwards (``latency.json``) needs no second, point-by-point timing."""
     config = model.config
     h, w = lr_size
     shape = (1, h, w, config.channels)
     analytic = flops.model_cost(config, (h, w))
     macs = analytic.conv_macs
     compiled = compiled_stats(model, shape)
-    latency = flops.measure_latency(model, shape, repeats=latency_repeats)
-    tput = throughput(
-        model, (throughput_batch, *throughput_lr_size, config.channels), latency_repeats
-    )
+    latency = tput = None
+    if timed:
+        latency = flops.measure_latency(model, shape, repeats=latency_repeats)
+        tput = throughput(
+            model, (throughput_batch, *throughput_lr_size, config.channels), latency_repeats
+        )
     return {
         "params": flops.count_params(model),
         "lr_size": [h, w],
@@ -96,9 +107,9 @@ def cost(
         "flops_per_lr_pixel": analytic.flops / (h * w),
         "flops_xla": compiled["flops_xla"],
         "receptive_field_lr": models.receptive_field(config),
-        "latency_ms": latency["median_ms"],
+        "latency_ms": latency["median_ms"] if latency else None,
         "latency": latency,
-        "throughput_images_per_s": tput["images_per_s"],
+        "throughput_images_per_s": tput["images_per_s"] if tput else None,
         "throughput": tput,
         "memory_bytes": compiled["peak_bytes"],
         "memory": {k: v for k, v in compiled.items() if k != "flops_xla"},

@@ -222,6 +222,7 @@ def run_point(point: Point, ctx: Context) -> dict:
             latency_repeats=m.latency_repeats,
             throughput_batch=m.throughput_batch,
             throughput_lr_size=flops.parse_size(m.throughput_lr_size, "measure.throughput_lr_size"),
+            timed=bool(m.get("point_latency", True)),
         )
     first = eval_sets(ctx.sweep)[0]
     record = {

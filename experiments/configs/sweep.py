@@ -61,7 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.equivalence.budgets = (5e3,)  # lr and deconv from the same function; () to skip
     c.equivalence.seeds = (0,)
     c.lr_search = ml_collections.ConfigDict()
-    c.lr_search.rates = (1e-3, 3e-3, 1e-2)  # () : no search (lrs / engine.opt.lr)
+    # () : no search (lrs / engine.opt.lr); a 1e-3..1e-2 search picked its edge, 1e-2, for both
+    # families (BUILD_NOTES), so the range reaches 3e-2; a rate that diverges is a failed run
+    c.lr_search.rates = (3e-3, 1e-2, 3e-2)
     c.lr_search.steps = steps // 2
     c.lr_search.budgets = (1.5e4,)
     c.lr_search.seeds = (0,)
@@ -109,6 +111,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.measure = ml_collections.ConfigDict()
     c.measure.latency_lr_size = "360x640"  # forward latency at this LR size (1080p out at x3)
+    # each point's own latency/throughput, timed right after it trains; off where latency.json
+    # times every point interleaved at the end (a sharded sweep: --latency_only, or turn it on)
+    c.measure.point_latency = False
     c.measure.latency_repeats = 3  # timed calls per model per round (latency.json)
     c.measure.latency_rounds = 5  # round-robin rounds over every model (latency.json)
     c.measure.throughput_batch = 4  # images per call for images/s
@@ -142,6 +147,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.sets = ("tfds:div2k/bicubic_x3", "skimage:validation")  # add folder:Set5 etc.
         c.eval.curve_points = 10
         c.measure.latency_repeats = 20
+        c.measure.point_latency = True  # sharded runs time every point as it finishes, too
         c.measure.throughput_batch = 16
         c.measure.throughput_lr_size = "360x640"
     elif preset == "smoke":  # a CPU test run: seconds per point
