@@ -119,24 +119,43 @@ def library_info() -> dict:
     return {"loaded": ok, "detail": why, "path": os.path.join(LIBRARY_DIR, LIBRARY_NAME)}
 
 
-def supports(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-             feature_group_count, batch_group_count, preferred_element_type,
-             out_sharding) -> bool:  # fmt: skip
-    """Whether :func:`conv` runs this ``lax.conv_general_dilated`` call: 2-D, NHWC x HWIO, float32
-    operands, no input dilation, no groups, non-negative padding, no sharding annotation."""
-    dn = ("NHWC", "HWIO", "NHWC")
+NHWC = ("NHWC", "HWIO", "NHWC")  # the layout of every conv in the package
+
+
+def is_plain_2d(lhs, rhs, lhs_dilation, dimension_numbers, feature_group_count,
+                batch_group_count, out_sharding) -> bool:  # fmt: skip
+    """Whether a ``lax.conv_general_dilated`` call is a 2-D NHWC x HWIO correlation with no input
+    dilation, no groups and no sharding annotation (strides, padding and kernel dilation free)."""
     return (
         lhs.ndim == 4
         and rhs.ndim == 4
-        and lhs.dtype == np.float32
-        and rhs.dtype == np.float32
-        and preferred_element_type in (None, np.float32)
         and tuple(lhs_dilation or (1, 1)) == (1, 1)
         and feature_group_count == 1
         and batch_group_count == 1
         and out_sharding is None
         and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, dn)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
+    )
+
+
+def supports(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+             feature_group_count, batch_group_count, preferred_element_type,
+             out_sharding) -> bool:  # fmt: skip
+    """Whether :func:`conv` runs this ``lax.conv_general_dilated`` call: :func:`is_plain_2d`,
+    float32 operands, non-negative padding."""
+    return (
+        is_plain_2d(
+            lhs,
+            rhs,
+            lhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            out_sharding,
+        )
+        and lhs.dtype == np.float32
+        and rhs.dtype == np.float32
+        and preferred_element_type in (None, np.float32)
         and all(
             p >= 0
             for pair in explicit_padding(lhs, rhs, window_strides, padding, rhs_dilation)

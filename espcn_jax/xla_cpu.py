@@ -46,7 +46,7 @@ SPLIT_MIN_IN_CHANNELS = 17  # below this the plain conv is faster (measured, see
 # instead of storing it once: it does so for the two consumers of the channel split, so XLA counts
 # that producer twice. Measured in tests/test_flops.py.
 XLA_DUPLICATED = frozenset({"identity", "relu"})
-_DN = ("NHWC", "HWIO", "NHWC")
+_DN = cpu_conv.NHWC
 
 
 def splits_last_channel(channels: int, in_channels: int) -> bool:
@@ -115,16 +115,17 @@ def conv_general_dilated(
     ``lax.conv_general_dilated`` unchanged.
     """
     plain = (
-        lhs.ndim == 4
-        and rhs.ndim == 4
+        cpu_conv.is_plain_2d(
+            lhs,
+            rhs,
+            lhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            out_sharding,
+        )
         and tuple(window_strides) == (1, 1)
-        and tuple(lhs_dilation or (1, 1)) == (1, 1)
         and tuple(rhs_dilation or (1, 1)) == (1, 1)
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and out_sharding is None
-        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN)
     )
     if plain and splits_last_channel(rhs.shape[-1], rhs.shape[-2]):
         if isinstance(padding, str):

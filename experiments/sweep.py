@@ -140,33 +140,57 @@ def lr_table(searched: dict) -> str:
         lines.append(
             f"{row['family']:<7} {row['lr']:>8.2g} {psnr:>10} {row['runs']:>4} {row['failed']:>6}"
         )
-    chosen = ", ".join(f"{k}={v:g}" for k, v in searched["lrs"].items())
+    edge = searched.get("at_edge", {})
+    chosen = ", ".join(
+        f"{k}={v:g}" + (" (an end of the rates tried)" if edge.get(k) else "")
+        for k, v in searched["lrs"].items()
+    )
     return "\n".join([*lines, f"chosen (training-subset PSNR, not validation): {chosen}"])
 
 
 def _run_lr_search(sweep, workdir: str) -> dict:
-    """Runs the search's points in WORKDIR/lr_search, writes and returns its choice."""
+    """Runs the search's points in WORKDIR/lr_search (extending a family's rates past an end that
+    won, ``lr_search.extend`` times at most), writes and returns its choice."""
     search_dir = os.path.join(workdir, lr_search.SUBDIR)
     ctx = Context(sweep, engine_config(sweep.get("engine_preset")), search_dir)
+    path = os.path.join(search_dir, results.FILENAME)
+    families = grid.names(sweep.families)
     points = lr_search.points(sweep)
     logging.info("learning-rate search: %d short runs in %s", len(points), search_dir)
-    runner.run(points, ctx, os.path.join(search_dir, results.FILENAME), progress=FLAGS.progress)
-    families = grid.names(sweep.families)
-    if jax.process_count() == 1:
-        chosen = lr_search.choose(results.read_dir(search_dir), families)
+    runner.run(points, ctx, path, progress=FLAGS.progress)
+    chosen = _agreed_choice(search_dir, families)
+    for _ in range(lr_search.extend_limit(sweep)):
+        more = _agreed_rates(lr_search.extensions(chosen) if chosen["table"] else {}, families)
+        if not more:
+            break
+        logging.info("learning-rate search: best at an end of the range, also trying %s", more)
+        for family, rate in more.items():
+            runner.run(lr_search.points(sweep, (rate,), (family,)), ctx, path, progress=False)
+        chosen = _agreed_choice(search_dir, families)
+    if jax.process_index() == 0:
         lr_search.write(workdir, chosen)
-        return chosen
-    # Multi-host: process 0 (the one that wrote the records) decides, the others receive its rates.
-    from jax.experimental import multihost_utils
+    return chosen
 
-    chosen = {"lrs": {}, "table": []}
+
+def _agreed_choice(search_dir: str, families) -> dict:
+    """The search's choice from process 0's records (the only ones written); every process gets
+    its rates."""
+    chosen = {"lrs": {}, "table": [], "at_edge": {}}
     if jax.process_index() == 0:
         chosen = lr_search.choose(results.read_dir(search_dir), families)
-        lr_search.write(workdir, chosen)
-    rates = np.asarray([chosen["lrs"].get(f, 0.0) for f in families], np.float64)
-    rates = multihost_utils.broadcast_one_to_all(rates)
-    chosen["lrs"] = {f: float(r) for f, r in zip(families, rates, strict=True)}
+    chosen["lrs"] = _agreed_rates(chosen["lrs"], families)
     return chosen
+
+
+def _agreed_rates(rates: dict, families) -> dict[str, float]:
+    """Process 0's ``{family: rate}`` on every process (families without one: left out)."""
+    if jax.process_count() == 1:
+        return dict(rates)
+    from jax.experimental import multihost_utils
+
+    values = np.asarray([rates.get(f, 0.0) if jax.process_index() == 0 else 0.0 for f in families])
+    values = multihost_utils.broadcast_one_to_all(values.astype(np.float64))
+    return {f: float(v) for f, v in zip(families, values, strict=True) if v > 0}
 
 
 def summary_table(summary: dict) -> str:

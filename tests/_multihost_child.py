@@ -12,39 +12,14 @@ host, so that the other processes hear of the notice before the run ends (the no
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import pathlib
 import runpy
 import signal
 import sys
-import time
+
+from _train_child import kill_at_train_call  # this directory is the script's sys.path[0]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def signal_at_train_call(n: int, slow_s: float, signum: int = signal.SIGTERM) -> None:
-    """Patches ``step.make_steps``: the loop's train call ``n`` first sends ``signum`` to this
-    process; it and every later call first sleep ``slow_s`` seconds."""
-    from espcn_jax.training import step as step_lib
-
-    make = step_lib.make_steps
-
-    def patched(*args, **kwargs):
-        steps = make(*args, **kwargs)
-        calls = [0]
-
-        def train_logged(state, log, batch):
-            calls[0] += 1
-            if calls[0] == n:
-                os.kill(os.getpid(), signum)
-            if calls[0] >= n:
-                time.sleep(slow_s)
-            return steps.train_logged(state, log, batch)
-
-        return dataclasses.replace(steps, train_logged=train_logged)
-
-    step_lib.make_steps = patched
 
 
 if __name__ == "__main__":
@@ -52,7 +27,8 @@ if __name__ == "__main__":
     assert sep == "--", sys.argv
     name, _, at = signal_at.rpartition(":")
     if int(at):
-        signal_at_train_call(int(at), float(slow_s), signal.Signals[f"SIG{name or 'TERM'}"])
+        signum = signal.Signals[f"SIG{name or 'TERM'}"]
+        kill_at_train_call(int(at), signum, slow_s=float(slow_s))
     script = ROOT / "experiments" / f"{driver}.py"
     sys.argv = [str(script), *args]
     sys.path.insert(0, str(script.parent))

@@ -33,10 +33,11 @@ def smoke_config(data_dir, **overrides):
     return config
 
 
-def kill_at_train_call(n: int, signum: int = signal.SIGKILL, after=None) -> None:
+def kill_at_train_call(n: int, signum: int = signal.SIGKILL, after=None, slow_s: float = 0.0):
     """Patches ``step.make_steps`` so that the loop's train call ``n`` (1-based, of
-    ``Steps.train_logged``) first sends ``signum``
-    (once the path ``after`` exists, if given: a checkpoint the asynchronous save is writing)."""
+    ``Steps.train_logged``) first sends ``signum`` to this process (once the path ``after`` exists,
+    if given: a checkpoint the asynchronous save is writing); from then on every call first sleeps
+    ``slow_s`` seconds (a slower host, in tests/_multihost_child.py)."""
     from espcn_jax.training import step as step_lib
 
     make = step_lib.make_steps
@@ -53,6 +54,8 @@ def kill_at_train_call(n: int, signum: int = signal.SIGKILL, after=None) -> None
                         break
                     time.sleep(0.1)
                 os.kill(os.getpid(), signum)
+            if calls[0] >= n and slow_s:
+                time.sleep(slow_s)
             return steps.train_logged(state, log, batch)
 
         return dataclasses.replace(steps, train_logged=train_logged)

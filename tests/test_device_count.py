@@ -49,6 +49,18 @@ def _four_devices() -> dict:
     )
 
 
+def _run_on_four_devices(*args: str) -> subprocess.CompletedProcess:
+    """``python ARGS...`` in a child process that sees 4 CPU devices."""
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=_four_devices(),
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
 @pytest.fixture(scope="module")
 def batch6_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("batch6") / "run"
@@ -68,33 +80,18 @@ def test_batch_6_run_restores_and_evaluates_on_4_devices(batch6_run, tmp_path):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (40, 37, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "photo.png")
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD, str(batch6_run), str(tmp_path / "photo.png")],
-        capture_output=True,
-        text=True,
-        env=_four_devices(),
-        timeout=300,
-        cwd=ROOT,
-    )
+    child = _run_on_four_devices("-c", CHILD, str(batch6_run), str(tmp_path / "photo.png"))
     assert child.returncode == 0, child.stderr[-3000:]
     got = json.loads(child.stdout.splitlines()[-1])
     assert got["batch"] == 6 and got["shape"] == [120, 111, 3]
     assert got["devices"] == [got["local0"]]  # one local device holds the restored parameters
     assert got["mesh"] == 4 and got["eval_devices"] == [got["local0"]]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "evaluate.py"),
-            "--model=checkpoint",
-            f"--checkpoint={batch6_run}",
-            f"--data_dir={tmp_path}",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=_four_devices(),
-        timeout=300,
-        cwd=ROOT,
+    proc = _run_on_four_devices(
+        str(ROOT / "experiments" / "evaluate.py"),
+        "--model=checkpoint",
+        f"--checkpoint={batch6_run}",
+        f"--data_dir={tmp_path}",
+        "--json",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)

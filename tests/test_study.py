@@ -586,6 +586,16 @@ def test_lr_search_chooses_by_training_psnr_per_family():
         pytest.approx(30.1), pytest.approx(30.45)]  # fmt: skip
     with pytest.raises(ValueError, match="no successful run of family 'deconv'"):
         lr_search.choose(records, ("deconv",))
+    # lr's best lies inside its rates (the diverged 1e-2 bounds it); hr's is its smallest rate
+    assert chosen["at_edge"] == {"lr": False, "hr": True}
+    assert lr_search.extensions(chosen) == {"hr": pytest.approx(1e-3 / 3)}
+    top = lr_search.choose([rec("lr", 1e-3, 0, 30.0), rec("lr", 1e-2, 0, 31.0)], ("lr",))
+    assert top["at_edge"] == {"lr": True}
+    assert lr_search.extensions(top) == {"lr": pytest.approx(0.1)}
+    from espcn_jax.study import report
+
+    line = report._search_lines(top)[0]
+    assert "lr 0.01 of 0.001, 0.01 (an end of the rates tried" in line
 
 
 def test_train_loss_on_the_fixed_subset_matches_a_numpy_mse(smoke_points):

@@ -149,12 +149,19 @@ def test_search_curve_control_and_equivalence_with_the_real_engine(tmp_path):
         "--preset=smoke", f"--workdir={workdir}", f"--config.data.train={train}",
         f"--config.eval.sets={val}", "--config.eval.curve_points=2",
         "--config.lr_search.rates=0.001,0.01", "--config.lr_search.steps=4",
+        "--config.lr_search.extend=1",
         "--config.control.steps=16", "--config.equivalence.budgets=2000",
         "--config.equivalence.seeds=0", "--config.seeds=0", "--noprogress", "--noreport",
     )  # fmt: skip
     proc = run_driver("sweep.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    chosen = json.loads((workdir / "lr_search.json").read_text())["lrs"]
+    searched = json.loads((workdir / "lr_search.json").read_text())
+    chosen = searched["lrs"]
+    for family in ("lr", "hr"):  # a best at an end of the rates tried steps once past it
+        tried = sorted({row["lr"] for row in searched["table"] if row["family"] == family})
+        up, down = pytest.approx([1e-3, 1e-2, 1e-1]), pytest.approx([1e-4, 1e-3, 1e-2])
+        assert tried == up or tried == down, tried
+        assert searched["at_edge"][family] == (chosen[family] in (tried[0], tried[-1]))
     records = results.read(workdir / "results.jsonl")
     assert {r["role"] for r in records} == {"grid", "control", "equivalence"}
     assert {r["status"] for r in records} == {"ok"}

@@ -9,6 +9,12 @@ optimisation setting, so it is chosen by how well the net fits training data; th
 stay untouched until the study itself. A diverged run (a failed record) scores nothing; ties go to
 the smaller rate.
 
+A best rate at an end of the rates tried says nothing about the rates beyond it, so the search
+extends itself (:func:`extensions`): while a family's best is its largest (smallest) rate tried,
+that family also tries the next rate up (down) on the same geometric step, at most
+``lr_search.extend`` times (default 2). The table says where each family's choice lies
+(``at_edge``: still an end of its rates after the extensions).
+
 The result, ``<workdir>/lr_search.json`` (``{"lrs": {family: rate}, "table": ...}``), is what the
 sweep's points then use (``record["lr"]``).
 """
@@ -41,13 +47,18 @@ def _tuple(value) -> tuple:
     return tuple(value)
 
 
-def points(cfg: ml_collections.ConfigDict) -> list[Point]:
-    """The search's runs: every family x rate x seed at the search's budgets and length."""
+def points(
+    cfg: ml_collections.ConfigDict,
+    rates: Sequence[float] | None = None,
+    families: Sequence[str] | None = None,
+) -> list[Point]:
+    """The search's runs: every family x rate x seed at the search's budgets and length (default:
+    the config's ``lr_search.rates`` and ``families``)."""
     s = cfg.lr_search
-    rates = _tuple(s.rates)
+    rates = _tuple(s.rates if rates is None else rates)
     if any(not (isinstance(r, int | float) and r > 0) for r in rates):
         raise ValueError(f"lr_search.rates must be positive numbers, got {rates!r}")
-    families = grid.names(cfg.families)
+    families = tuple(families) if families is not None else grid.names(cfg.families)
     budgets = _tuple(s.get("budgets") or ()) or (
         sorted(_tuple(cfg.budgets))[len(cfg.budgets) // 2],
     )
@@ -80,7 +91,7 @@ def choose(records: Iterable[dict], families: Sequence[str]) -> dict:
             row["scores"].append(float(score))
         else:
             row["failed"] += 1
-    table, lrs = [], {}
+    table, lrs, edge = [], {}, {}
     for family in families:
         rows = []
         for (fam, rate), row in sorted(by_rate.items()):
@@ -96,8 +107,35 @@ def choose(records: Iterable[dict], families: Sequence[str]) -> dict:
             raise ValueError(f"lr_search: no successful run of family {family!r}")
         best = max(scored, key=lambda row: (row["train_psnr"], -row["lr"]))
         lrs[family] = best["lr"]
+        tried = [row["lr"] for row in rows]
+        for row in rows:
+            row["chosen"] = row is best
+        edge[family] = len(tried) > 1 and best["lr"] in (min(tried), max(tried))
         table += rows
-    return {"lrs": lrs, "table": table}
+    return {"lrs": lrs, "table": table, "at_edge": edge}
+
+
+def extend_limit(cfg: ml_collections.ConfigDict) -> int:
+    """How many times a family's search may step past an end of its rates (``lr_search.extend``)."""
+    value = cfg.lr_search.get("extend", 2)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"lr_search.extend must be an integer >= 0, got {value!r}")
+    return value
+
+
+def extensions(chosen: dict) -> dict[str, float]:
+    """``{family: next rate}`` for every family whose best rate is an end of the rates it tried:
+    one geometric step beyond that end (the ratio of the two rates next to it)."""
+    out = {}
+    for family, best in chosen["lrs"].items():
+        tried = sorted({row["lr"] for row in chosen["table"] if row["family"] == family})
+        if len(tried) < 2:
+            continue
+        if best == tried[-1]:
+            out[family] = best * tried[-1] / tried[-2]
+        elif best == tried[0]:
+            out[family] = best * tried[0] / tried[1]
+    return out
 
 
 def write(workdir, chosen: dict) -> epath.Path:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from absl import logging
 from etils import epath
 
-from espcn_jax.study import figures, report, results, stats
+from espcn_jax.study import figures, lr_search, report, results, stats
 
 
 def _restore_fn() -> Callable | None:
@@ -69,7 +69,7 @@ def write_report(
         )
     out = epath.Path(out_dir) if out_dir else workdir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    a = report.analyse(records, latency=read_latency(workdir))
+    a = report.analyse(records, latency=read_latency(workdir), lr_search=lr_search.read(workdir))
     fig_paths: dict[str, list[str]] = {"psnr_vs_macs": figures.budget_plot(a, out)}
     for axis in figures.AXES:
         fig_paths[f"psnr_vs_{axis}"] = figures.psnr_plot(a["rows"], out, axis)

@@ -737,8 +737,11 @@ def _budget_of(cells: dict, family: str, macs: float):
 # --- the analysis ---------------------------------------------------------------------------------
 
 
-def analyse(records: Iterable[dict], latency: dict | None = None) -> dict:
-    """Everything the report shows, computed from ``records`` (and ``latency.json``'s content)."""
+def analyse(
+    records: Iterable[dict], latency: dict | None = None, lr_search: dict | None = None
+) -> dict:
+    """Everything the report shows, computed from ``records`` (and the content of
+    ``latency.json`` and ``lr_search.json``, where the sweep wrote them)."""
     ok, failed = split(records)
     sets = sets_of(ok)
     lat = latency_source(ok, latency)
@@ -766,6 +769,7 @@ def analyse(records: Iterable[dict], latency: dict | None = None) -> dict:
         "bicubic": ok[0].get("bicubic") if ok else None,
         "budget_unit": budget_unit(ok),
         "_budgets": {g: tuple(cells) for g, cells in _index(ok).items()},
+        "lr_search": lr_search,
     }
     a["conclusion_lines"] = conclusion_lines(a)
     a["conclusion"] = "\n".join(f"- {line}" for line in a["conclusion_lines"])
@@ -1136,7 +1140,7 @@ def conclusion_lines(a: dict) -> list[str]:
     """The conclusion, one claim per line, each with its number, interval and basis."""
     if not a["ok"]:
         return ["No completed points: nothing to conclude.", *_failed_lines(a["failed"])]
-    lines = [*_training_lines(a), _basis_line(a)]
+    lines = [*_training_lines(a), *_search_lines(a.get("lr_search")), _basis_line(a)]
     bic = a["bicubic"] or {}
     for s in a["sets"]:
         if isinstance(bic.get(s), dict) and bic[s].get("psnr") is not None:
@@ -1149,6 +1153,26 @@ def conclusion_lines(a: dict) -> list[str]:
     )
     lines.append(_limits_line(a))
     return lines + _failed_lines(a["failed"])
+
+
+def _search_lines(search: dict | None) -> list[str]:
+    """Where the learning-rate search's choices lie in the rates it tried (lr_search.json)."""
+    if not search or not search.get("table"):
+        return []
+    parts = []
+    for family, rate in sorted(search["lrs"].items(), key=lambda kv: _family_key(kv[0])):
+        tried = sorted({row["lr"] for row in search["table"] if row["family"] == family})
+        where = (
+            "an end of the rates tried: a rate beyond it was not tried"
+            if search.get("at_edge", {}).get(family)
+            else "inside the rates tried"
+        )
+        parts.append(f"{family} {rate:g} of {', '.join(f'{t:g}' for t in tried)} ({where})")
+    return [
+        "Learning rates chosen by the training-subset search (never the validation sets): "
+        + "; ".join(parts)
+        + "."
+    ]
 
 
 def _failed_lines(failed: Sequence[dict]) -> list[str]:

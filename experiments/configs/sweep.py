@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # () : no search (lrs / engine.opt.lr); a 1e-3..1e-2 search picked its edge, 1e-2, for both
     # families (BUILD_NOTES), so the range reaches 3e-2; a rate that diverges is a failed run
     c.lr_search.rates = (3e-3, 1e-2, 3e-2)
+    c.lr_search.extend = 2  # steps past an end of the rates while a family's best is that end
     c.lr_search.steps = steps // 2
     c.lr_search.budgets = (1.5e4,)
     c.lr_search.seeds = (0,)
