@@ -149,7 +149,9 @@ def check_ops(quick: bool, budget: int, tmp: Path) -> dict:
     result = {"tests": list(tests), "seconds": round(seconds, 1), "exit_code": code}
     result["stopped_at_budget"] = code is None
     if not report.exists():
-        return result | {"ok": False, "error": f"pytest wrote no report: {last_line(out + err)}"}
+        why = f"stopped at --ops_budget={budget} s before " if code is None else ""
+        error = f"{why}pytest wrote no report: {last_line(out + err)}"
+        return result | {"ok": False, "error": error}
     counts = junit_counts(report)
     ok = code == 0 and counts["failed"] == 0 and counts["passed"] > 0
     return result | counts | {"ok": ok}
