@@ -594,6 +594,9 @@ def test_lr_search_chooses_by_training_psnr_per_family():
     assert lr_search.extensions(top) == {"lr": pytest.approx(0.1)}
     from espcn_jax.study import report
 
+    near = lr_search.choose([rec("lr", 1e-3, 0, 31.0), rec("lr", 1e-2, 0, 31.04)], ("lr",))
+    assert near["lrs"] == {"lr": 1e-3}  # within TOLERANCE_DB of the best: the smaller rate
+    assert lr_search.extensions(near) == {"lr": pytest.approx(1e-4)}
     line = report._search_lines(top)[0]
     assert "lr 0.01 of 0.001, 0.01 (an end of the rates tried" in line
 

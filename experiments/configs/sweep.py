@@ -21,8 +21,8 @@ Presets (DRAFT sizes: the step counts are the one knob, ``STEPS`` below):
   receptive field matched by dilation, a 3x-steps control at the middle budget, the lr/deconv
   equivalence check at the smallest budget (one seed), a 3-rate search (extended past an end
   that wins).
-- ``standard`` (<= ~2 h): lr and hr, 5 budgets spanning 16x, 3 seeds, the 4x control at the middle
-  budget, 8 curve points; ``--config.eval.set5=DIR`` adds a Set5 folder as a second set.
+- ``standard`` (<= ~2 h): lr and hr, 4 budgets spanning 16x, 3 seeds, a 3x control at 1e4, 6
+  curve points; ``--config.eval.set5=DIR`` adds a Set5 folder as a second set.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import ml_collections
 from ml_collections import config_dict
 
 PRESETS = ("quick", "standard", "paper", "smoke")
-STEPS = {"quick": 500, "standard": 4000, "paper": 100_000, "smoke": 8}  # grid steps per preset
+STEPS = {"quick": 500, "standard": 3000, "paper": 100_000, "smoke": 8}  # grid steps per preset
 CONTROL_FACTOR = 4  # the convergence control trains k x the grid's steps
 
 
@@ -131,12 +131,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # extensions): the quick search starts around them
         c.lr_search.rates = (1e-2, 3e-2, 1e-1)
     elif preset == "standard":
-        c.budgets = (2.5e3, 5e3, 1e4, 2e4, 4e4)
+        # sized from measured point times (BUILD_NOTES): 4 budgets over 16x, a 3x control
+        c.budgets = (2.5e3, 5e3, 1e4, 4e4)
+        c.control.steps = 3 * steps
         c.control.budgets = (1e4,)
         c.equivalence.budgets = (1e4,)
         c.lr_search.budgets = (1e4,)
-        c.eval.curve_points = 8
-        c.measure.latency_rounds = 7
+        c.lr_search.steps = 2000
+        c.eval.curve_points = 6
     elif preset == "paper":
         c.families = ("lr", "hr", "deconv")
         c.depths = (3, 5)
