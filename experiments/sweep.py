@@ -40,7 +40,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from espcn_jax import cli, storage
-from espcn_jax.study import grid, lr_search, outputs, results, runner
+from espcn_jax.study import grid, lr_search, results, runner
 from espcn_jax.study.point import Context
 from espcn_jax.training import Interrupted
 
@@ -275,6 +275,8 @@ def main(argv: list[str]) -> None:
     }
     if jax.process_index() == 0:
         if FLAGS.report:
+            from espcn_jax.study import outputs  # matplotlib and scipy: only for the report
+
             summary["report"] = outputs.write_report(workdir)
         if JSON.value:
             summary.get("report", {}).pop("table_md", None)
