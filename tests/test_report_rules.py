@@ -456,3 +456,24 @@ def test_groups_are_ordered_by_value_grid_first():
     labels = [r["group"] for r in report.analyse(recs)["rows"]]
     firsts = list(dict.fromkeys(labels))
     assert [label.split(",")[1].strip() for label in firsts] == ["8 steps", "32 steps", "4 steps"]
+
+
+def test_a_collapsed_residual_run_is_left_out_like_a_diverged_one():
+    """A residual net scoring bicubic's PSNR on every set (its learned branch outputs zero) is a
+    training failure: listed as failed with the reason, its cell keeps the other seeds."""
+    recs = make(log_curve({"lr": 1e3, "hr": 4e3}))
+    for r in recs:
+        r["bicubic"] = {VAL: {"psnr": 24.0}}
+    victim = next(r for r in recs if r["family"] == "hr" and r["budget"] == 1e4 and r["seed"] == 2)
+    victim["eval"][VAL]["psnr"] = victim["psnr"] = 24.0 + 0.0004
+    a = report.analyse(recs)
+    assert [r["point_id"] for r in a["failed"]] == [victim["point_id"]]
+    assert "collapsed" in a["failed"][0]["error"]
+    assert f"Failed and left out: {victim['point_id']} (collapsed" in a["conclusion"]
+    cell = next(row for row in a["rows"] if row["family"] == "hr" and row["budget"] == 1e4)
+    assert cell["n_seeds"] == 2
+    victim["residual"] = False  # without the residual prior, scoring bicubic is a real result
+    assert not report.collapsed(victim)
+    victim["residual"] = True
+    victim["eval"][VAL]["psnr"] = 24.02  # 0.02 dB above bicubic: trained, if barely
+    assert not report.collapsed(victim)
