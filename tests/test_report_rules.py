@@ -477,3 +477,12 @@ def test_a_collapsed_residual_run_is_left_out_like_a_diverged_one():
     victim["residual"] = True
     victim["eval"][VAL]["psnr"] = 24.02  # 0.02 dB above bicubic: trained, if barely
     assert not report.collapsed(victim)
+
+
+def test_a_control_with_nothing_to_compare_says_so():
+    """A longer run whose other family all failed leaves no gap to compare: the conclusion says
+    so instead of failing."""
+    recs = make(log_curve({"lr": 1e3, "hr": 4e3}), budgets=(1e4,), steps=(1000, 4000))
+    recs = [r for r in recs if not (r["steps"] == 4000 and r["family"] == "hr")]
+    text = report.analyse(recs)["conclusion"]
+    assert "nothing to compare" in text

@@ -896,7 +896,11 @@ def _training_lines(a: dict) -> list[str]:
         moved = [x for x in c["gaps"] + c["slopes"] if not x["held"]]
         n = len(c["gaps"]) + len(c["slopes"])
         what = f"{n} comparisons ({len(c['gaps'])} family gaps, {len(c['slopes'])} budget slopes)"
-        if c["held"]:
+        if not n:
+            verdict = (
+                "nothing to compare (no family pair or budget slope completed at both lengths)"
+            )
+        elif c["held"]:
             verdict = f"all {what} held"
         else:
             x = moved[0]

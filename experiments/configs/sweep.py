@@ -127,8 +127,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if preset == "quick":
         # 3x, not 4x: the 4x control's 6 points took 6 of the 16 minutes (BUILD_NOTES)
         c.control.steps = 3 * steps
-        # one step past 3e-2 at most: hr at 0.27 collapsed in the standard run (BUILD_NOTES)
-        c.lr_search.extend = 1
+        # no step past 3e-2: in the standard run hr collapsed to the bicubic prior at 0.27 (2 of 2
+        # runs) and at 0.09 (4 of 15); BUILD_NOTES
+        c.lr_search.extend = 0
     elif preset == "standard":
         # sized from measured point times (BUILD_NOTES): 4 budgets over 16x, a 3x control
         c.budgets = (2.5e3, 5e3, 1e4, 4e4)
