@@ -486,3 +486,17 @@ def test_a_control_with_nothing_to_compare_says_so():
     recs = [r for r in recs if not (r["steps"] == 4000 and r["family"] == "hr")]
     text = report.analyse(recs)["conclusion"]
     assert "nothing to compare" in text
+
+
+def test_a_control_with_fewer_than_3_seeds_cannot_say_whether_a_gap_held():
+    """Two of three long runs of one family failed: the gap's seed mean rests on one seed, so
+    whether it held is not known and no capacity wording follows."""
+    recs = make(log_curve({"lr": 1e3, "hr": 4e3}), budgets=(1e4,), steps=(1000, 4000))
+    recs = [r for r in recs if not (r["steps"] == 4000 and r["family"] == "hr" and r["seed"])]
+    a = report.analyse(recs)
+    text = a["conclusion"]
+    assert "cannot say for 1 of 1 comparisons" in text and "1 and" not in text.split("e.g.")[0]
+    assert "capacity difference" not in text
+    gap = a["convergence"]["controls"][0]["gaps"][0]
+    assert gap["held"] is None and gap["seeds"] == (3, 1)
+    assert not a["convergence"]["held"]

@@ -695,7 +695,7 @@ def convergence(records: Sequence[dict], set_name: str | None = None) -> dict:
     held: dict[str, dict] = {"gaps": {}, "slopes": {}}
     for c in controls:
         for kind in ("gaps", "slopes"):
-            if c[kind] and all(x["held"] for x in c[kind]):
+            if c[kind] and all(x["held"] is True for x in c[kind]):
                 for g in (c["short_key"], c["long_key"]):
                     if groups[g]["converged"] is not False:
                         held[kind].setdefault(g, c)
@@ -712,17 +712,21 @@ def _control(index, curves, short, long, set_name, settings) -> dict:
     gaps = []
     for a, b in PAIRS:
         for budget in sorted(set(index[short]) & set(index[long])):
-            vals = []
+            vals, counts = [], []
             for g in (short, long):
                 cell = index[g][budget]
                 seeds = _paired_seeds(cell, a, b, set_name)
+                counts.append(len(seeds))
                 vals.append(
                     _mean(score(cell[a][s], set_name) - score(cell[b][s], set_name) for s in seeds)
                 )
             if all(math.isfinite(v) for v in vals):
+                # a gap held only where both lengths have the seeds an interval needs; with
+                # fewer (failed or collapsed runs) whether it held is not known: None
+                enough = min(counts) >= stats.MIN_SEEDS_FOR_INTERVAL
                 gaps.append(
                     {"pair": (a, b), "budget": budget, "short": vals[0], "long": vals[1]}
-                    | {"held": stats.held(*vals)}
+                    | {"seeds": tuple(counts), "held": stats.held(*vals) if enough else None}
                 )
     slopes = []
     common = sorted(set(index[short]) & set(index[long]))
@@ -743,7 +747,7 @@ def _control(index, curves, short, long, set_name, settings) -> dict:
             slopes.append(
                 {"family": fam, "short": vals[0], "long": vals[1], "held": stats.held(*vals)}
             )
-    ok = bool(gaps or slopes) and all(x["held"] for x in gaps + slopes)
+    ok = bool(gaps or slopes) and all(x["held"] is True for x in gaps + slopes)
     return {
         "short_key": short,
         "long_key": long,
@@ -893,7 +897,8 @@ def _training_lines(a: dict) -> list[str]:
             "length only (no capacity claim)."
         )
     for c in conv["controls"]:
-        moved = [x for x in c["gaps"] + c["slopes"] if not x["held"]]
+        moved = [x for x in c["gaps"] + c["slopes"] if x["held"] is False]
+        unknown = [x for x in c["gaps"] if x["held"] is None]
         n = len(c["gaps"]) + len(c["slopes"])
         what = f"{n} comparisons ({len(c['gaps'])} family gaps, {len(c['slopes'])} budget slopes)"
         if not n:
@@ -902,6 +907,14 @@ def _training_lines(a: dict) -> list[str]:
             )
         elif c["held"]:
             verdict = f"all {what} held"
+        elif not moved:
+            x = unknown[0]
+            verdict = (
+                f"cannot say for {len(unknown)} of {what}: fewer than "
+                f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds completed at one length (e.g. "
+                f"{x['pair'][0]} - {x['pair'][1]} at {_g(x['budget'])}: {x['seeds'][0]} and "
+                f"{x['seeds'][1]} seeds, {x['short']:+.3f} -> {x['long']:+.3f} dB)"
+            )
         else:
             x = moved[0]
             name = (
@@ -1325,9 +1338,11 @@ def markdown_convergence(a: dict) -> list[str]:
             name = f"{_int(c['steps'][0])} -> {_int(c['steps'][1])} steps"
             for x in c["gaps"]:
                 what = f"{x['pair'][0]} - {x['pair'][1]} at {_g(x['budget'])}"
+                verdict = {True: "yes", False: "no"}.get(
+                    x["held"], f"cannot say ({x['seeds'][0]} and {x['seeds'][1]} seeds)"
+                )
                 lines.append(
-                    f"| {name} | {what} | {x['short']:+.3f} dB | {x['long']:+.3f} dB | "
-                    f"{'yes' if x['held'] else 'no'} |"
+                    f"| {name} | {what} | {x['short']:+.3f} dB | {x['long']:+.3f} dB | {verdict} |"
                 )
             for x in c["slopes"]:
                 lines.append(
