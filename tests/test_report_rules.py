@@ -500,3 +500,14 @@ def test_a_control_with_fewer_than_3_seeds_cannot_say_whether_a_gap_held():
     gap = a["convergence"]["controls"][0]["gaps"][0]
     assert gap["held"] is None and gap["seeds"] == (3, 1)
     assert not a["convergence"]["held"]
+
+
+def test_an_unresolved_gap_has_no_size_to_hold_and_no_capacity_wording():
+    """Equal families: the gap is noise at both lengths, so the control cannot say it held (the
+    old rule called a noise gap that stayed small 'held', and the report a capacity difference)."""
+    recs = make(log_curve({"lr": 1e3, "hr": 1e3}), budgets=(1e4,), steps=(1000, 4000))
+    a = report.analyse(recs)
+    gap = a["convergence"]["controls"][0]["gaps"][0]
+    assert gap["held"] is None and gap["why"] == "unresolved"
+    assert "it has no size to hold" in a["conclusion"]
+    assert "capacity difference" not in a["conclusion"]

@@ -712,21 +712,29 @@ def _control(index, curves, short, long, set_name, settings) -> dict:
     gaps = []
     for a, b in PAIRS:
         for budget in sorted(set(index[short]) & set(index[long])):
-            vals, counts = [], []
+            vals, counts, resolved = [], [], []
             for g in (short, long):
                 cell = index[g][budget]
                 seeds = _paired_seeds(cell, a, b, set_name)
+                diffs = [score(cell[a][s], set_name) - score(cell[b][s], set_name) for s in seeds]
+                st = stats.seed_stat(diffs)
                 counts.append(len(seeds))
-                vals.append(
-                    _mean(score(cell[a][s], set_name) - score(cell[b][s], set_name) for s in seeds)
-                )
+                vals.append(_mean(diffs))
+                resolved.append(st.excludes_zero)
             if all(math.isfinite(v) for v in vals):
-                # a gap held only where both lengths have the seeds an interval needs; with
-                # fewer (failed or collapsed runs) whether it held is not known: None
-                enough = min(counts) >= stats.MIN_SEEDS_FOR_INTERVAL
+                # A gap held only where both lengths resolve it (a t-interval over >= 3 seeds
+                # that excludes 0, the same sign each time): a gap within noise has no size to
+                # hold, and with fewer seeds (failed or collapsed runs) none can be read. Else
+                # whether it held is not known: None, with the reason.
+                if min(counts) < stats.MIN_SEEDS_FOR_INTERVAL:
+                    held, why = None, "seeds"
+                elif not all(resolved):
+                    held, why = None, "unresolved"
+                else:
+                    held, why = stats.held(*vals), None
                 gaps.append(
                     {"pair": (a, b), "budget": budget, "short": vals[0], "long": vals[1]}
-                    | {"seeds": tuple(counts), "held": stats.held(*vals) if enough else None}
+                    | {"seeds": tuple(counts), "held": held, "why": why}
                 )
     slopes = []
     common = sorted(set(index[short]) & set(index[long]))
@@ -909,11 +917,18 @@ def _training_lines(a: dict) -> list[str]:
             verdict = f"all {what} held"
         elif not moved:
             x = unknown[0]
-            verdict = (
-                f"cannot say for {len(unknown)} of {what}: fewer than "
-                f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds completed at one length (e.g. "
+            why = (
+                f"fewer than {stats.MIN_SEEDS_FOR_INTERVAL} seeds completed at one length (e.g. "
                 f"{x['pair'][0]} - {x['pair'][1]} at {_g(x['budget'])}: {x['seeds'][0]} and "
-                f"{x['seeds'][1]} seeds, {x['short']:+.3f} -> {x['long']:+.3f} dB)"
+                f"{x['seeds'][1]} seeds"
+                if x["why"] == "seeds"
+                else "the gap is not resolved at both lengths (a seed interval includes 0), so "
+                f"it has no size to hold (e.g. {x['pair'][0]} - {x['pair'][1]} at "
+                f"{_g(x['budget'])}"
+            )
+            verdict = (
+                f"cannot say for {len(unknown)} of {what}: {why}, "
+                f"{x['short']:+.3f} -> {x['long']:+.3f} dB)"
             )
         else:
             x = moved[0]
@@ -1339,7 +1354,10 @@ def markdown_convergence(a: dict) -> list[str]:
             for x in c["gaps"]:
                 what = f"{x['pair'][0]} - {x['pair'][1]} at {_g(x['budget'])}"
                 verdict = {True: "yes", False: "no"}.get(
-                    x["held"], f"cannot say ({x['seeds'][0]} and {x['seeds'][1]} seeds)"
+                    x["held"],
+                    f"cannot say ({x['seeds'][0]} and {x['seeds'][1]} seeds)"
+                    if x.get("why") == "seeds"
+                    else "cannot say (not resolved)",
                 )
                 lines.append(
                     f"| {name} | {what} | {x['short']:+.3f} dB | {x['long']:+.3f} dB | {verdict} |"
