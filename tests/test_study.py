@@ -112,7 +112,7 @@ def test_control_and_equivalence_points_differ_only_where_they_should():
     points = grid.expand(cfg)
     grid_pts = {(p.family, p.budget, p.seed): p for p in points if p.role == "grid"}
     control = [p for p in points if p.role == "control"]
-    assert control and {p.steps for p in control} == {4 * cfg.steps[0]}
+    assert control and {p.steps for p in control} == {cfg.control.steps} != {cfg.steps[0]}
     for p in control:  # the same net, rate and seed as its grid cell, trained longer
         twin = grid_pts[(p.family, p.budget, p.seed)]
         assert (p.model, p.lr, p.setting) == (twin.model, twin.lr, twin.setting)
