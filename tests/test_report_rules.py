@@ -511,3 +511,17 @@ def test_an_unresolved_gap_has_no_size_to_hold_and_no_capacity_wording():
     assert gap["held"] is None and gap["why"] == "unresolved"
     assert "it has no size to hold" in a["conclusion"]
     assert "capacity difference" not in a["conclusion"]
+
+
+def test_a_gap_that_shrinks_beyond_the_rule_did_not_hold_even_if_unresolved_later():
+    """lr ahead by ~0.6 dB at 1,000 steps, ~0.1 dB at 4,000: it moved by more than 25%, so it did
+    not hold, whatever the longer run resolves."""
+
+    def psnr(family, budget, seed, image, steps):
+        gap = {1000: 0.6, 4000: 0.1}[steps] if family == "lr" else 0.0
+        return 25 + gap + 0.02 * image + noise(family, budget, seed, image, steps)
+
+    a = report.analyse(make(psnr, budgets=(1e4,), steps=(1000, 4000)))
+    gap = a["convergence"]["controls"][0]["gaps"][0]
+    assert gap["held"] is False and gap["why"] is None
+    assert "did not hold" in a["conclusion"] and "capacity difference" not in a["conclusion"]

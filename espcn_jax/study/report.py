@@ -723,15 +723,14 @@ def _control(index, curves, short, long, set_name, settings) -> dict:
                 resolved.append(st.excludes_zero)
             if all(math.isfinite(v) for v in vals):
                 # A gap held only where both lengths resolve it (a t-interval over >= 3 seeds
-                # that excludes 0, the same sign each time): a gap within noise has no size to
-                # hold, and with fewer seeds (failed or collapsed runs) none can be read. Else
-                # whether it held is not known: None, with the reason.
+                # that excludes 0): a gap within noise has no size to hold, and with fewer seeds
+                # (failed or collapsed runs) none can be read. Then whether it held is not known
+                # (None, with the reason); a gap that moved beyond the rule did not hold.
+                held, why = stats.held(*vals), None
                 if min(counts) < stats.MIN_SEEDS_FOR_INTERVAL:
                     held, why = None, "seeds"
-                elif not all(resolved):
+                elif held and not all(resolved):
                     held, why = None, "unresolved"
-                else:
-                    held, why = stats.held(*vals), None
                 gaps.append(
                     {"pair": (a, b), "budget": budget, "short": vals[0], "long": vals[1]}
                     | {"seeds": tuple(counts), "held": held, "why": why}
