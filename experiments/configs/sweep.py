@@ -138,6 +138,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.equivalence.budgets = (1e4,)
         c.lr_search.budgets = (1e4,)
         c.lr_search.steps = 2000
+        # no step past 3e-2 either: the search's extension chose hr 0.09, which collapsed in 4 of
+        # 15 runs of the first full run (BUILD_NOTES); hr's choice is then the edge, and says so
+        c.lr_search.extend = 0
         c.eval.curve_points = 6
     elif preset == "paper":
         c.families = ("lr", "hr", "deconv")
