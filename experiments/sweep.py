@@ -156,28 +156,32 @@ def _run_lr_search(sweep, workdir: str) -> dict:
     path = os.path.join(search_dir, results.FILENAME)
     families = grid.names(sweep.families)
     points = lr_search.points(sweep)
+    ids = {p.point_id for p in points}
     logging.info("learning-rate search: %d short runs in %s", len(points), search_dir)
     runner.run(points, ctx, path, progress=FLAGS.progress)
-    chosen = _agreed_choice(search_dir, families)
+    chosen = _agreed_choice(search_dir, families, ids)
     for _ in range(lr_search.extend_limit(sweep)):
         more = _agreed_rates(lr_search.extensions(chosen) if chosen["table"] else {}, families)
         if not more:
             break
         logging.info("learning-rate search: best at an end of the range, also trying %s", more)
         for family, rate in more.items():
-            runner.run(lr_search.points(sweep, (rate,), (family,)), ctx, path, progress=False)
-        chosen = _agreed_choice(search_dir, families)
+            extra = lr_search.points(sweep, (rate,), (family,))
+            ids |= {p.point_id for p in extra}
+            runner.run(extra, ctx, path, progress=False)
+        chosen = _agreed_choice(search_dir, families, ids)
+    chosen["settings"] = lr_search.settings(sweep)
     if jax.process_index() == 0:
         lr_search.write(workdir, chosen)
     return chosen
 
 
-def _agreed_choice(search_dir: str, families) -> dict:
-    """The search's choice from process 0's records (the only ones written); every process gets
-    its rates."""
+def _agreed_choice(search_dir: str, families, ids: set[str]) -> dict:
+    """The search's choice from process 0's records of this search's runs (``ids``; the only
+    records written); every process gets its rates."""
     chosen = {"lrs": {}, "table": [], "at_edge": {}}
     if jax.process_index() == 0:
-        chosen = lr_search.choose(results.read_dir(search_dir), families)
+        chosen = lr_search.choose(results.read_dir(search_dir), families, ids)
     chosen["lrs"] = _agreed_rates(chosen["lrs"], families)
     return chosen
 
@@ -215,6 +219,9 @@ def main(argv: list[str]) -> None:
     cli.initialize_distributed()
     workdir = FLAGS.workdir
     searched = lr_search.read(workdir) if lr_search.enabled(sweep) else None
+    if searched is not None and not lr_search.current(searched, sweep):
+        logging.info("%s came from other search settings: searching again", lr_search.FILENAME)
+        searched = None
     if FLAGS.dry_run:
         search = lr_search.points(sweep) if lr_search.enabled(sweep) and not searched else []
         points = grid.expand(sweep, (searched or {}).get("lrs"))

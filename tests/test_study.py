@@ -601,6 +601,32 @@ def test_lr_search_chooses_by_training_psnr_per_family():
     assert "lr 0.01 of 0.001, 0.01 (an end of the rates tried" in line
 
 
+def test_lr_search_counts_only_this_searchs_runs_and_notices_changed_settings(smoke_points):
+    from espcn_jax.study import lr_search
+
+    def rec(family, lr, psnr):
+        return {"point_id": f"{family}-{lr}", "role": "lr_search", "family": family, "lr": lr,
+                "status": "ok", "train_loss_psnr": psnr}  # fmt: skip
+
+    # an earlier search extended hr to 0.09, which scored best; this search's rates stop at 0.03
+    records = [rec("hr", 0.01, 30.9), rec("hr", 0.03, 31.0), rec("hr", 0.09, 31.2)]
+    assert lr_search.choose(records, ("hr",))["lrs"] == {"hr": 0.09}
+    mine = lr_search.choose(records, ("hr",), point_ids={"hr-0.01", "hr-0.03"})
+    assert mine["lrs"] == {"hr": 0.03} and mine["at_edge"] == {"hr": True}
+    assert [row["lr"] for row in mine["table"]] == [0.01, 0.03]
+
+    cfg, _ = smoke_points
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.lr_search.rates = (1e-3, 1e-2)
+    stored = {**mine, "settings": lr_search.settings(cfg)}
+    assert lr_search.current(stored, cfg)
+    assert not lr_search.current(mine, cfg)  # written before settings were recorded
+    for field, value in (("extend", 0), ("rates", (1e-3, 3e-2)), ("steps", 5)):
+        changed = ml_collections.ConfigDict(cfg.to_dict())
+        changed.lr_search[field] = value
+        assert not lr_search.current(stored, changed), field
+
+
 def test_train_loss_on_the_fixed_subset_matches_a_numpy_mse(smoke_points):
     cfg, _ = smoke_points
     from espcn_jax import data

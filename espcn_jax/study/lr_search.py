@@ -81,12 +81,20 @@ def points(
     return out
 
 
-def choose(records: Iterable[dict], families: Sequence[str]) -> dict:
+def choose(
+    records: Iterable[dict], families: Sequence[str], point_ids: Iterable[str] | None = None
+) -> dict:
     """``{"lrs": {family: rate}, "table": [{family, lr, train_psnr, runs, failed, chosen}],
     "at_edge": {family: bool}}``: per family the smallest rate whose mean training-subset PSNR
     (``train_loss_psnr``) is within ``TOLERANCE_DB`` of the best; ValueError if a family has no
-    successful run."""
-    latest = results.latest(r for r in records if r.get("role") == "lr_search")
+    successful run. ``point_ids`` (default: all) limits it to this search's runs, so that runs of
+    an earlier, different search in the same directory (other rates or extensions) never count."""
+    wanted = None if point_ids is None else set(point_ids)
+    latest = results.latest(
+        r
+        for r in records
+        if r.get("role") == "lr_search" and (wanted is None or r.get("point_id") in wanted)
+    )
     by_rate: dict[tuple[str, float], dict] = {}
     for r in latest.values():
         key = (r["family"], float(r["lr"]))
@@ -145,6 +153,24 @@ def extensions(chosen: dict) -> dict[str, float]:
         elif best == tried[0]:
             out[family] = best * tried[0] / tried[1]
     return out
+
+
+def settings(cfg: ml_collections.ConfigDict) -> dict:
+    """What decides a search's choice (its rates, extension limit and runs): recorded in
+    ``lr_search.json``, so that a sweep whose search settings changed searches again (reusing
+    every run it already has) rather than training with a stale choice."""
+    return {
+        "families": list(grid.names(cfg.families)),
+        "rates": [float(r) for r in _tuple(cfg.lr_search.rates)],
+        "extend": extend_limit(cfg),
+        "points": sorted(p.point_id for p in points(cfg)),
+    }
+
+
+def current(searched: dict | None, cfg: ml_collections.ConfigDict) -> bool:
+    """Whether a stored choice came from this config's search settings (a file written before
+    the settings were recorded counts as stale)."""
+    return searched is not None and searched.get("settings") == settings(cfg)
 
 
 def write(workdir, chosen: dict) -> epath.Path:
