@@ -15,13 +15,25 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
+import urllib.parse
 import uuid
 
 from etils import epath
 
 PROBE_TIMEOUT_S = 90.0  # seconds for the write + delete of a marker in a remote workdir
 PROBE_FILE = ".espcn_jax-probe"
+CONNECT_TIMEOUT_S = 10.0  # the pre-flight's TCP connect; a slow answer is left to the probe
+GCS_ENDPOINT = "https://storage.googleapis.com"
+PROXY_VARIABLES = (
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
 
 
 class UnreachableError(ValueError):
@@ -59,6 +71,39 @@ def _reason(e: BaseException) -> str:
     return reason
 
 
+def gcs_endpoint() -> tuple[str, int]:
+    """``(host, port)`` gcsfs talks to: ``STORAGE_EMULATOR_HOST`` (``http://host:port`` or
+    ``host:port``) where set, else Google's endpoint."""
+    url = os.environ.get("STORAGE_EMULATOR_HOST") or GCS_ENDPOINT
+    if "://" not in url:
+        url = f"http://{url}"
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _preflight(workdir: str | os.PathLike, timeout_s: float) -> None:
+    """Fails at once where the store's endpoint refuses the connection or its name does not
+    resolve: both are definite, and gcsfs would retry them with about 30 s of back-off. Skipped
+    for other stores and behind a proxy (the direct connection says nothing there); a connection
+    that times out is left to the probe."""
+    if not os.fspath(workdir).startswith("gs://") or any(
+        os.environ.get(v) for v in PROXY_VARIABLES
+    ):
+        return
+    host, port = gcs_endpoint()
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except ConnectionRefusedError:
+        reason = f"Cannot connect to {host}:{port}: connection refused"
+    except socket.gaierror as e:
+        reason = f"Cannot connect to {host}:{port}: the name does not resolve ({e.strerror})"
+    except OSError:  # a timeout or an unreachable route: the probe decides, within its timeout
+        return
+    else:
+        return
+    raise UnreachableError(f"workdir {os.fspath(workdir)} cannot be reached ({reason})")
+
+
 class _Silence(logging.Filter):
     """Drops gcsfs' records while probing: it logs a traceback when it runs out of retries, and
     the probe reports that error in one line."""
@@ -75,12 +120,14 @@ def check_reachable(
 
     :class:`UnreachableError` (one line naming the workdir and the reason) if that fails or takes
     longer than ``timeout_s`` (default :data:`PROBE_TIMEOUT_S`): gcsfs retries a refused
-    connection 6 times (about 30 s) and a silent network for much longer. A local workdir is not
-    probed (its errors name it already).
+    connection 6 times (about 30 s) and a silent network for much longer, so a refused connection
+    or a name that does not resolve is caught first by a plain TCP connect to the endpoint. A local
+    workdir is not probed (its errors name it already).
     """
     if is_local(workdir):
         return
     timeout_s = PROBE_TIMEOUT_S if timeout_s is None else timeout_s
+    _preflight(workdir, min(CONNECT_TIMEOUT_S, timeout_s))
     marker = epath.Path(workdir) / f"{PROBE_FILE}-{uuid.uuid4().hex}"
     outcome: list[BaseException | None] = []
 

@@ -65,3 +65,66 @@ def test_probe_gives_up_on_an_endpoint_that_never_answers():
         "no answer within 3 s"
     )
     assert elapsed < 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "url, want",
+    [
+        ("http://127.0.0.1:{port}", "Cannot connect to 127.0.0.1:{port}: connection refused"),
+        ("no-such-host.invalid:4443", "Cannot connect to no-such-host.invalid:4443: the name"),
+    ],
+)
+def test_a_refused_or_unresolvable_endpoint_fails_at_once(monkeypatch, url, want):
+    """gcsfs would retry both with about 30 s of back-off; the TCP pre-flight says so first."""
+    port = free_port()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url.format(port=port))
+    for name in storage.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    start = time.monotonic()
+    with pytest.raises(storage.UnreachableError) as e:
+        storage.check_reachable("gs://b/x")
+    assert time.monotonic() - start < storage.CONNECT_TIMEOUT_S
+    assert str(e.value).startswith("workdir gs://b/x cannot be reached (" + want.format(port=port))
+    assert "\n" not in str(e.value)
+
+
+def test_the_pre_flight_skips_a_proxied_network(monkeypatch):
+    """Behind a proxy a direct connect proves nothing, so none is made."""
+    calls = []
+    monkeypatch.setattr(storage.socket, "create_connection", lambda *a, **k: calls.append(a))
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    storage._preflight("gs://b/x", 1.0)  # noqa: SLF001
+    assert calls == []
+
+
+def test_the_pre_flight_passes_a_listening_endpoint_on_to_the_probe(monkeypatch):
+    for name in storage.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{listening.getsockname()[1]}")
+        storage._preflight("gs://b/x", 1.0)  # noqa: SLF001  no error: the probe decides
+
+
+@pytest.mark.parametrize(
+    "value, want",
+    [
+        (None, ("storage.googleapis.com", 443)),
+        ("http://127.0.0.1:4443", ("127.0.0.1", 4443)),
+        ("localhost:9023", ("localhost", 9023)),
+        ("https://gcs.example", ("gcs.example", 443)),
+    ],
+)
+def test_gcs_endpoint(monkeypatch, value, want):
+    if value is None:
+        monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    else:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", value)
+    assert storage.gcs_endpoint() == want
