@@ -302,6 +302,7 @@ def test_converged_tails_without_a_longer_control_stay_at_this_length():
     recs = make(_gap(True), curve_gain=lambda f, b, t: 0.01)
     text = report.analyse(recs)["conclusion"]
     assert "Longer-training control: none" in text and "no capacity claim" in text
+    assert "(no longer-training control was run)" in text
     assert "capacity difference" not in text and "at this training length (1,000 steps)" in text
 
 
@@ -525,3 +526,31 @@ def test_a_gap_that_shrinks_beyond_the_rule_did_not_hold_even_if_unresolved_late
     gap = a["convergence"]["controls"][0]["gaps"][0]
     assert gap["held"] is False and gap["why"] is None
     assert "did not hold" in a["conclusion"] and "capacity difference" not in a["conclusion"]
+    assert (
+        "rather than training length (the control's comparisons moved with longer training)"
+        in (a["conclusion"])
+    )
+
+
+def test_log_axes_label_1_2_5_per_decade_without_overlap():
+    import matplotlib.pyplot as plt
+
+    from espcn_jax.study import figures
+
+    assert [figures.tick_label(x) for x in (2000, 2500, 1e4, 4e4, 50, 0.2)] == [
+        "2e3", "2.5e3", "1e4", "4e4", "50", "0.2"]  # fmt: skip
+
+    def shown(xs):
+        fig, ax = plt.subplots()
+        ax.plot(xs, [1.0] * len(xs), "o")
+        figures._log_x(ax)  # noqa: SLF001
+        fig.canvas.draw()
+        ticks = ax.xaxis.get_majorticklabels() + ax.xaxis.get_minorticklabels()
+        lo, hi = ax.get_xlim()
+        labels = {t.get_text() for t in ticks if t.get_text() and lo <= t.get_position()[0] <= hi}
+        plt.close(fig)
+        return labels
+
+    # the standard preset's budgets: 3e3 and 4e3 collided with matplotlib's default labels
+    assert shown([2.5e3, 5e3, 1e4, 4e4]) == {"5e3", "1e4", "2e4"}
+    assert "1e4" in shown([9.3e3, 1.04e4])  # under a decade: every tick in view is labelled

@@ -26,6 +26,7 @@ import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from espcn_jax import bicubic, data, evaluate, images, metrics  # noqa: E402
 from espcn_jax.study import report, stats  # noqa: E402
@@ -37,6 +38,34 @@ AXES = {
     "latency": ("latency_ms", "forward latency (ms) at the latency size, this device", True),
     "params": ("params", "parameters", True),
 }
+
+
+def tick_label(x: float) -> str:
+    """A log axis' tick: ``2e3``, ``1e4`` from 1,000 up (as the tables write budgets), else
+    ``%g`` (``50``, ``0.2``)."""
+    if x >= 1000:
+        e = math.floor(math.log10(x) + 1e-9)
+        return f"{x / 10**e:g}e{e}"
+    return f"{x:g}"
+
+
+def _log_x(ax) -> None:
+    """A log x axis labelled at 1, 2 and 5 times each power of ten where it spans more than a
+    decade (matplotlib's default labels every minor tick there, and they overlap), and at every
+    tick where it spans less."""
+    ax.set_xscale("log")
+    ax.autoscale_view()
+    lo, hi = ax.get_xlim()
+    keep = {1, 2, 5} if hi > 10 * lo else set(range(1, 10))
+
+    def label(x: float, _pos) -> str:
+        if x <= 0:
+            return ""
+        mantissa = round(x / 10 ** math.floor(math.log10(x) + 1e-9))
+        return tick_label(x) if mantissa in keep else ""
+
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(label))
+    ax.xaxis.set_minor_formatter(ticker.FuncFormatter(label))
 
 
 def _save(fig, out_dir: epath.Path, name: str) -> list[str]:
@@ -119,7 +148,7 @@ def psnr_plot(rows: Sequence[dict], out_dir: epath.Path, axis: str) -> list[str]
             label="Pareto front",
         )
         if log:
-            ax.set_xscale("log")
+            _log_x(ax)
         ax.set_xlabel(label)
         ax.set_ylabel(f"PSNR (dB) on {report.set_label(first)}, seed mean")
         ax.set_title(f"{group}\nbars: {_interval_words(grows)}", fontsize=8)
@@ -170,7 +199,7 @@ def budget_plot(analysis: dict, out_dir: epath.Path) -> list[str]:
             )
             if c["reason"]:
                 notes.append(f"{fam}: not read ({_short_reason(c['reason'])})")
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_xlabel("conv MACs per LR pixel (the budget)")
         ax.set_ylabel(f"PSNR (dB) on {report.set_label(s)}")
         title = f"{report.set_label(s)}: {group}\n" + (

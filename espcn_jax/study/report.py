@@ -1182,8 +1182,19 @@ def _limits_line(a: dict) -> str:
         + (f", scale x{', x'.join(map(str, scales))}" if scales else "")
         + " and the training data used"
     ]
-    if not a["convergence"]["held"]:
-        cannot.append("whether a gap or slope would hold with longer training (no control held)")
+    conv = a["convergence"]
+    if not conv["held"]:
+        moved = any(x["held"] is False for c in conv["controls"] for x in c["gaps"] + c["slopes"])
+        why = (
+            "the control's comparisons moved with longer training"
+            if moved
+            else "no control held"
+            if conv["controls"]
+            else "no longer-training control was run"
+        )
+        cannot.append(
+            f"whether a gap or slope reflects capacity rather than training length ({why})"
+        )
     if any(row["n_seeds"] < stats.MIN_SEEDS_FOR_INTERVAL for row in a["rows"]):
         cannot.append(
             "a confidence interval over seeds where a cell has fewer than "
