@@ -26,6 +26,7 @@ Whoever next gets a GPU or TPU runs it there and records the JSON in BUILD_NOTES
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -95,16 +96,33 @@ def subprocess_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT) + (os.pathsep + path if path else ""))
 
 
+@contextlib.contextmanager
+def _sigint_not_ignored():
+    """Children started inside get SIGINT's default handling. A process started with SIGINT
+    ignored (a shell's background job, a pytest-xdist worker) passes that on through exec, and a
+    Python child then ignores the interrupt that should stop it at the budget; a handled signal
+    is reset to its default by exec, so the parent handles it for the moment of the fork."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_bounded(cmd: list[str], budget: float, **kwargs) -> tuple[int | None, str, str, float]:
     """(exit code or None when stopped at ``budget`` seconds, stdout, stderr, seconds).
 
     At the budget the process gets SIGINT (pytest then writes what it finished) and, 30 s later,
-    SIGKILL.
+    SIGKILL. The child gets SIGINT's default handling even where this process ignores it.
     """
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
-    )
+    with _sigint_not_ignored():
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+        )
     try:
         out, err = proc.communicate(timeout=budget)
         return proc.returncode, out, err, time.perf_counter() - t0
