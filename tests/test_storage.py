@@ -86,10 +86,9 @@ def test_a_refused_or_unresolvable_endpoint_fails_at_once(monkeypatch, url, want
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", url.format(port=port))
     for name in storage.PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    start = time.monotonic()
     with pytest.raises(storage.UnreachableError) as e:
         storage.check_reachable("gs://b/x")
-    assert time.monotonic() - start < storage.CONNECT_TIMEOUT_S
+    # the pre-flight's words, not gcsfs' ("Cannot connect to host ...") after its retries
     assert str(e.value).startswith("workdir gs://b/x cannot be reached (" + want.format(port=port))
     assert "\n" not in str(e.value)
 
