@@ -93,13 +93,12 @@ def _preflight(workdir: str | os.PathLike, timeout_s: float) -> None:
     host, port = gcs_endpoint()
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
+        return
     except ConnectionRefusedError:
         reason = f"Cannot connect to {host}:{port}: connection refused"
     except socket.gaierror as e:
         reason = f"Cannot connect to {host}:{port}: the name does not resolve ({e.strerror})"
     except OSError:  # a timeout or an unreachable route: the probe decides, within its timeout
-        return
-    else:
         return
     raise UnreachableError(f"workdir {os.fspath(workdir)} cannot be reached ({reason})")
 

@@ -537,7 +537,7 @@ def test_log_axes_label_1_2_5_per_decade_without_overlap():
 
     from espcn_jax.study import figures
 
-    assert [figures.tick_label(x) for x in (2000, 2500, 1e4, 4e4, 50, 0.2)] == [
+    assert [report._g(x) for x in (2000, 2500, 1e4, 4e4, 50, 0.2)] == [  # noqa: SLF001
         "2e3", "2.5e3", "1e4", "4e4", "50", "0.2"]  # fmt: skip
 
     def shown(xs):

@@ -40,19 +40,11 @@ AXES = {
 }
 
 
-def tick_label(x: float) -> str:
-    """A log axis' tick: ``2e3``, ``1e4`` from 1,000 up (as the tables write budgets), else
-    ``%g`` (``50``, ``0.2``)."""
-    if x >= 1000:
-        e = math.floor(math.log10(x) + 1e-9)
-        return f"{x / 10**e:g}e{e}"
-    return f"{x:g}"
-
-
 def _log_x(ax) -> None:
     """A log x axis labelled at 1, 2 and 5 times each power of ten where it spans more than a
     decade (matplotlib's default labels every minor tick there, and they overlap), and at every
-    tick where it spans less."""
+    tick where it spans less; each label written as the tables write numbers (``report._g``:
+    ``2e3``, ``1e4``, ``50``)."""
     ax.set_xscale("log")
     ax.autoscale_view()
     lo, hi = ax.get_xlim()
@@ -62,7 +54,7 @@ def _log_x(ax) -> None:
         if x <= 0:
             return ""
         mantissa = round(x / 10 ** math.floor(math.log10(x) + 1e-9))
-        return tick_label(x) if mantissa in keep else ""
+        return report._g(x) if mantissa in keep else ""  # noqa: SLF001
 
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(label))
     ax.xaxis.set_minor_formatter(ticker.FuncFormatter(label))
