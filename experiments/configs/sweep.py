@@ -22,7 +22,8 @@ Presets (DRAFT sizes: the step counts are the one knob, ``STEPS`` below):
   equivalence check at the smallest budget (one seed), a 3-rate search (extended past an end
   that wins).
 - ``standard`` (<= ~2 h): lr and hr, 4 budgets spanning 16x, 3 seeds, 9,000 steps, a 2x control
-  at 1e4, 6 curve points; ``--config.eval.set5=DIR`` adds a Set5 folder as a second set.
+  at 1e4, rates searched up to 1e-2, 6 curve points; ``--config.eval.set5=DIR`` adds a Set5
+  folder as a second set.
 """
 
 from __future__ import annotations
@@ -139,8 +140,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.equivalence.budgets = (1e4,)
         c.lr_search.budgets = (1e4,)
         c.lr_search.steps = 2000
-        # no step past 3e-2 either: the search's extension chose hr 0.09, which collapsed in 4 of
-        # 15 runs of the first full run (BUILD_NOTES); hr's choice is then the edge, and says so
+        # no rate past 1e-2 at 9,000 steps: hr at 3e-2 (the search's choice at 2,000 steps)
+        # collapsed to the bicubic prior in 3 of its first 11 9,000-step runs, and 0.09 in 4 of 15
+        # 3,000-step runs (BUILD_NOTES); a choice at the top edge says so
+        c.lr_search.rates = (3e-3, 1e-2)
         c.lr_search.extend = 0
         c.eval.curve_points = 6
     elif preset == "paper":
