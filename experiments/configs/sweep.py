@@ -22,7 +22,7 @@ Presets (DRAFT sizes: the step counts are the one knob, ``STEPS`` below):
   equivalence check at the smallest budget (one seed), a 3-rate search (extended past an end
   that wins).
 - ``standard`` (<= ~2 h): lr and hr, 4 budgets spanning 16x, 3 seeds, 9,000 steps, a 2x control
-  at 1e4, rates searched up to 1e-2, 6 curve points; ``--config.eval.set5=DIR`` adds a Set5
+  at 1e4, rates searched up to 1e-2 at the control's length, 6 curve points; ``--config.eval.set5=DIR`` adds a Set5
   folder as a second set.
 """
 
@@ -139,14 +139,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.control.budgets = (1e4,)
         c.equivalence.budgets = (1e4,)
         c.lr_search.budgets = (1e4,)
-        c.lr_search.steps = 2000
-        # no rate past 1e-2 at 9,000 steps: hr at 3e-2 (the search's choice at 2,000 steps)
-        # collapsed to the bicubic prior in 3 of its first 11 9,000-step runs, and 0.09 in 4 of 15
-        # 3,000-step runs (BUILD_NOTES); a choice at the top edge says so
+        # the rates are chosen at the longest length any run trains (the control's): a rate
+        # chosen in 2,000-step runs collapsed long runs twice, hr at 3e-2 in 3 of 11 9,000-step
+        # runs and lr at 1e-2 in 2 of 3 18,000-step control runs (BUILD_NOTES)
+        c.lr_search.steps = c.control.steps
+        # no rate past 1e-2: hr at 3e-2 collapsed at 9,000 steps (above); a choice at the top
+        # edge says so
         c.lr_search.rates = (3e-3, 1e-2)
         c.lr_search.extend = 0
-        # open: at 1e-2 the 18,000-step control collapsed lr in 2 of 3 runs (BUILD_NOTES), so this
-        # control cannot be judged yet; a rate chosen at the control's length is the next step
         c.eval.curve_points = 6
     elif preset == "paper":
         c.families = ("lr", "hr", "deconv")
