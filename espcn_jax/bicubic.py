@@ -77,6 +77,52 @@ def downscale_taps(r: int) -> np.ndarray:
     return w / w.sum()
 
 
+def resize_weights(n_in: int, scale: float) -> np.ndarray:
+    """The ``(ceil(n_in * scale), n_in)`` matrix of MATLAB ``imresize``'s bicubic along one axis,
+    for any ``scale > 0`` (float64; NumPy, on the host).
+
+    MATLAB's ``contributions``: output ``o`` (1-based) samples ``u = o / s + (1 - 1/s) / 2``; a
+    downscale (``s < 1``) stretches the kernel by ``1/s`` (antialiasing); each row is normalised;
+    indices past an end read the end pixel (MATLAB clamps them). At ``s = 1/r`` this is the filter
+    of :func:`downscale_taps`.
+    """
+    if not (isinstance(n_in, int | np.integer) and n_in >= 1):
+        raise ValueError(f"n_in must be a positive integer, got {n_in!r}")
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    n_out = int(np.ceil(round(n_in * scale, 9)))  # 33 * (1/3) is 11.000000000000002
+    stretch = min(scale, 1.0)  # the kernel is widened by 1 / scale only when shrinking
+    width = 4.0 / stretch
+    u = np.arange(1, n_out + 1) / scale + 0.5 * (1.0 - 1.0 / scale)
+    left = np.floor(u - width / 2)
+    idx = left[:, None] + np.arange(int(np.ceil(width)) + 2)[None, :]  # 1-based input positions
+    w = stretch * cubic(stretch * (u[:, None] - idx))
+    w /= w.sum(axis=1, keepdims=True)
+    out = np.zeros((n_out, n_in))
+    cols = np.clip(idx.astype(np.int64), 1, n_in) - 1
+    np.add.at(out, (np.repeat(np.arange(n_out), idx.shape[1]), cols.ravel()), w.ravel())
+    return out
+
+
+def imresize_uint8(image_HWC: np.ndarray, scale: float) -> np.ndarray:
+    """MATLAB ``imresize(image, scale, 'bicubic')`` of a uint8 ``(H, W, C)`` image on the host: rows
+    first, then columns, each pass rounded half away from zero and saturated to uint8, as MATLAB
+    stores it; the output is ``ceil(H * scale) x ceil(W * scale)``. For scales that are not ``1/r``
+    (:func:`downscale` covers those on the device)."""
+    x = np.asarray(image_HWC)
+    if x.dtype != np.uint8 or x.ndim != 3:
+        raise ValueError(f"image must be uint8 (H, W, C), got {x.dtype} {x.shape}")
+
+    def to_uint8(v: np.ndarray) -> np.ndarray:
+        return np.floor(np.clip(v, 0.0, 255.0) + 0.5)
+
+    rows = to_uint8(
+        np.einsum("oh,hwc->owc", resize_weights(x.shape[0], scale), x.astype(np.float64))
+    )
+    out = to_uint8(np.einsum("ow,hwc->hoc", resize_weights(x.shape[1], scale), rows))
+    return out.astype(np.uint8)
+
+
 def upscale_taps(r: int) -> np.ndarray:
     """The ``(r, 5)`` per-phase filters of an upscale by ``r`` (float64) on LR offsets ``-2..2``.
 

@@ -31,9 +31,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -135,6 +136,10 @@ class PatchSampler:
     are used as they are and must be ``1/scale`` of the mod-cropped HR; otherwise LR is made with
     :func:`degrade`. Holds all images in memory (uint8, one or three channels).
 
+    ``rescales``: scale factors in (0, 1); every HR image is also used shrunk by each (MATLAB
+    bicubic, antialiased) as a further image, the usual scale augmentation of SR training when
+    data are few.
+
     ``balance``: ``"images"`` (every image equally often) or ``"pixels"`` (every LR position equally
     often). ``min_std``: patches whose LR patch (the channels trained on, uint8 units) has a standard
     deviation below it are redrawn. Images smaller than the HR patch are skipped with a warning; a
@@ -153,6 +158,7 @@ class PatchSampler:
         augment: bool = True,
         balance: str = "pixels",
         min_std: float = 0.0,
+        rescales: Sequence[float] = (),
     ):
         self.scale = ops.check_positive_int(scale, "scale")
         self.patch = ops.check_positive_int(patch, "patch")
@@ -174,14 +180,15 @@ class PatchSampler:
             balance,
             min_std,
         )
+        self.rescales = _check_rescales(rescales)
         r, p = self.scale, self.patch
         self.hr, self.lr, names, skipped = [], [], [], []
-        for k, (name, image) in enumerate(zip(source.names, source.hr, strict=True)):
+        for name, image, given_lr in _rescaled(source, self.rescales):
             if min(image.shape[0] // r, image.shape[1] // r) < p:
                 skipped.append((name, image.shape))
                 continue
             hr = images.mod_crop(image, r)
-            lr = degrade(hr, r) if source.lr is None else source.lr[k]
+            lr = degrade(hr, r) if given_lr is None else given_lr
             if lr.shape[:2] != (hr.shape[0] // r, hr.shape[1] // r):
                 raise ValueError(
                     f"LR image of {name} is {lr.shape[1]}x{lr.shape[0]}, expected 1/{r} "
@@ -282,6 +289,26 @@ class PatchSampler:
         lr_BHWC *= 1.0 / 255.0
         hr_BHWC *= 1.0 / 255.0
         return {"lr": lr_BHWC, "hr": hr_BHWC}
+
+
+def _check_rescales(rescales) -> tuple[float, ...]:
+    try:
+        out = tuple(float(s) for s in (rescales or ()))
+    except (TypeError, ValueError):
+        out = (math.nan,)
+    if not all(0.0 < s < 1.0 for s in out) or len(set(out)) != len(out):
+        raise ValueError(f"rescales must be distinct numbers in (0, 1), got {rescales!r}")
+    return out
+
+
+def _rescaled(source: Source, rescales: tuple[float, ...]):
+    """``(name, HR image, given LR image or None)`` of every source image, each followed by its
+    copies shrunk by ``rescales`` (MATLAB bicubic, :func:`bicubic.imresize_uint8`; named
+    ``name@scale``, their LR made by :func:`degrade`)."""
+    for k, (name, image) in enumerate(zip(source.names, source.hr, strict=True)):
+        yield name, image, None if source.lr is None else source.lr[k]
+        for s in rescales:
+            yield f"{name}@{s:g}", bicubic.imresize_uint8(np.asarray(image), s), None
 
 
 def _count_patches(lr_HWC: np.ndarray, p: int, min_std: float) -> int:

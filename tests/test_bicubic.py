@@ -332,3 +332,34 @@ def test_set5_lr_images_reproduced(r):
     down = jax.jit(lambda x: bicubic.downscale(x, r, round_passes=True))
     for name, hr, lr in set5_pairs(r):
         np.testing.assert_array_equal(down(hr[None].astype(np.float32))[0], lr, err_msg=name)
+
+
+@pytest.mark.parametrize("scale", [0.9, 0.75, 0.6, 0.35, 1.5])
+@pytest.mark.parametrize("c", [1, 3])
+def test_host_imresize_any_scale_matches_port(scale, c):
+    """The host resize of the training scale augmentation, at scales that are not 1/r, against the
+    port's loops on uint8 (each pass stored as uint8). Sizes make H * s whole."""
+    img = np.random.default_rng(c).integers(0, 256, (20, 40, c), dtype=np.uint8)
+    got = bicubic.imresize_uint8(img, scale)
+    want = imresize_ref(img, scale, uint8=True)
+    assert got.dtype == np.uint8 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_host_imresize_size_rule_and_errors():
+    img = np.zeros((33, 10, 1), np.uint8)
+    assert bicubic.imresize_uint8(img, 1 / 3).shape == (11, 4, 1)  # MATLAB: ceil(in * scale)
+    assert bicubic.resize_weights(7, 0.5).shape == (4, 7)
+    with pytest.raises(ValueError, match="image must be uint8"):
+        bicubic.imresize_uint8(img.astype(np.float32), 0.5)
+    with pytest.raises(ValueError, match="scale must be a positive number, got 0"):
+        bicubic.resize_weights(7, 0)
+
+
+@pytest.mark.parametrize("r", [2, 3, 4])
+def test_set5_lr_images_reproduced_by_the_host_resize(r):
+    for name, hr, lr in set5_pairs(r):
+        hr = hr[: hr.shape[0] // r * r, : hr.shape[1] // r * r]
+        hr = hr if hr.ndim == 3 else hr[..., None]
+        got = bicubic.imresize_uint8(hr, 1 / r)
+        np.testing.assert_array_equal(got.reshape(lr.shape), lr, err_msg=name)

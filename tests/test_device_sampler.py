@@ -52,23 +52,23 @@ def _assert_bitwise_equal(device: dict, host: dict) -> None:
         np.testing.assert_array_equal(got.view(np.uint32), host[key].view(np.uint32), err_msg=key)
 
 
-CASES = [  # scale, patch, color, augment, balance, min_std
-    (2, 4, "y", True, "pixels", 0.0),
-    (3, 5, "rgb", True, "images", 0.0),
-    (4, 3, "y", False, "images", 20.0),
-    (2, 6, "rgb", False, "pixels", 0.0),
-    (3, 4, "y", True, "pixels", 12.0),
-    (4, 5, "rgb", True, "pixels", 10.0),
+CASES = [  # scale, patch, color, augment, balance, min_std, rescales
+    (2, 4, "y", True, "pixels", 0.0, ()),
+    (3, 5, "rgb", True, "images", 0.0, ()),
+    (4, 3, "y", False, "images", 20.0, ()),
+    (2, 6, "rgb", False, "pixels", 0.0, ()),
+    (3, 4, "y", True, "pixels", 12.0, (0.8, 0.6)),
+    (4, 5, "rgb", True, "pixels", 10.0, ()),
 ]
 
 
-@pytest.mark.parametrize("scale,patch,color,augment,balance,min_std", CASES)
+@pytest.mark.parametrize("scale,patch,color,augment,balance,min_std,rescales", CASES)
 def test_batches_equal_the_host_samplers_bit_for_bit(
-    scale, patch, color, augment, balance, min_std
+    scale, patch, color, augment, balance, min_std, rescales
 ):
     sampler = pipeline.PatchSampler(
         _source(), scale=scale, patch=patch, batch_size=24, seed=3, color=color,
-        augment=augment, balance=balance, min_std=min_std,
+        augment=augment, balance=balance, min_std=min_std, rescales=rescales,
     )  # fmt: skip
     feed = device_sampler.DeviceSampler(sampler, step_lib.make_mesh())
     make = jax.jit(feed.make_batch)

@@ -144,11 +144,41 @@ def test_no_image_large_enough_names_the_patch_and_the_largest():
         (dict(balance="uniform"), "balance must be one of .* got 'uniform'"),
         (dict(min_std=-1), r"min_std must be a number in \[0, 128\) .* got -1"),
         (dict(min_std="high"), "min_std must be .* got 'high'"),
+        (
+            dict(rescales=(0.8, 1.2)),
+            r"rescales must be distinct numbers in \(0, 1\), got \(0.8, 1.2\)",
+        ),
+        (dict(rescales=(0.5, 0.5)), "rescales must be distinct"),
+        (dict(rescales=("half",)), r"rescales must be .* got \('half',\)"),
     ],
 )
 def test_option_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         pipeline.PatchSampler(_source(SHAPES), scale=R, patch=P, batch_size=2, seed=0, **kwargs)
+
+
+def test_rescales_add_shrunk_copies_of_every_image():
+    """Each image is followed by its copies at each factor, ceil(H * s) x ceil(W * s) (MATLAB's
+    size rule), mod-cropped; too-small copies are skipped like any small image."""
+    shapes = [(60, 90), (30, 200)]
+    plain = pipeline.PatchSampler(_source(shapes), scale=R, patch=P, batch_size=2, seed=0)
+    sampler = pipeline.PatchSampler(
+        _source(shapes), scale=R, patch=P, batch_size=2, seed=0, rescales=(0.75, 0.2)
+    )
+    assert sampler.names == ("im0", "im0@0.75", "im0@0.2", "im1", "im1@0.75")  # im1@0.2: 6 rows
+    np.testing.assert_array_equal(sampler.hr[0], plain.hr[0])
+    np.testing.assert_array_equal(sampler.hr[3], plain.hr[1])
+    assert [hr.shape[:2] for hr in sampler.hr] == [
+        (60, 90),
+        (44, 68),
+        (12, 18),
+        (30, 200),
+        (22, 150),
+    ]
+    assert all(lr.shape[:2] == (hr.shape[0] // R, hr.shape[1] // R)
+               for lr, hr in zip(sampler.lr, sampler.hr, strict=True))  # fmt: skip
+    counts, _ = _image_counts(sampler, 400)
+    assert counts.min() > 0  # every copy is drawn
 
 
 HOST_SCRIPT = """

@@ -247,6 +247,7 @@ def _sampler(config, model_cfg) -> pipeline.PatchSampler:
         augment=d.augment,
         balance=d.balance,
         min_std=d.min_std,
+        rescales=d.get("rescales", ()),
     )
 
 

@@ -39,6 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.augment = True  # random dihedral transform (8 rotations / flips) per patch
     d.balance = "pixels"  # patches per image: "pixels" (by its area) or "images" (equal)
     d.min_std = 0.0  # redraw LR patches flatter than this standard deviation (uint8 units)
+    # each training image also shrunk by these factors in (0, 1) (scale augmentation)
+    d.rescales = ()
     # batches made by "device" (inside the train step: 1.30x the steps/s of "host" here) or "host"
     # (NumPy, tf.data)
     d.sampler = "device"
