@@ -237,7 +237,7 @@ def _log_backend(config: ml_collections.ConfigDict) -> None:
 def _sampler(config, model_cfg) -> pipeline.PatchSampler:
     d, t = config.data, config.train
     source = data.make_source(d.source, split=d.split, data_dir=d.data_dir)
-    return pipeline.PatchSampler(
+    sampler = pipeline.PatchSampler(
         source,
         scale=model_cfg.scale,
         patch=t.patch,
@@ -249,6 +249,13 @@ def _sampler(config, model_cfg) -> pipeline.PatchSampler:
         min_std=d.min_std,
         rescales=d.get("rescales", ()),
     )
+    logging.info(
+        "training data %s: %d images%s",
+        source.name,
+        len(sampler.names),
+        f" (with the copies at rescales {sampler.rescales})" if sampler.rescales else "",
+    )
+    return sampler
 
 
 def _device_feed(config, sampler, mesh) -> device_sampler.DeviceSampler | None:
