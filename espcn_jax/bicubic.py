@@ -77,15 +77,11 @@ def downscale_taps(r: int) -> np.ndarray:
     return w / w.sum()
 
 
-def resize_weights(n_in: int, scale: float) -> np.ndarray:
-    """The ``(ceil(n_in * scale), n_in)`` matrix of MATLAB ``imresize``'s bicubic along one axis,
-    for any ``scale > 0`` (float64; NumPy, on the host).
-
-    MATLAB's ``contributions``: output ``o`` (1-based) samples ``u = o / s + (1 - 1/s) / 2``; a
-    downscale (``s < 1``) stretches the kernel by ``1/s`` (antialiasing); each row is normalised;
-    indices past an end read the end pixel (MATLAB clamps them). At ``s = 1/r`` this is the filter
-    of :func:`downscale_taps`.
-    """
+def _contributions(n_in: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """MATLAB ``imresize``'s ``contributions`` for one axis: ``(weights, indices)``, both
+    ``(ceil(n_in * scale), taps)``, indices 0-based. Output ``o`` (1-based) samples
+    ``u = o / s + (1 - 1/s) / 2``; a downscale stretches the kernel by ``1/s`` (antialiasing); rows
+    are normalised; indices past an end read the end pixel (MATLAB clamps them)."""
     if not (isinstance(n_in, int | np.integer) and n_in >= 1):
         raise ValueError(f"n_in must be a positive integer, got {n_in!r}")
     if not (np.isfinite(scale) and scale > 0):
@@ -98,9 +94,16 @@ def resize_weights(n_in: int, scale: float) -> np.ndarray:
     idx = left[:, None] + np.arange(int(np.ceil(width)) + 2)[None, :]  # 1-based input positions
     w = stretch * cubic(stretch * (u[:, None] - idx))
     w /= w.sum(axis=1, keepdims=True)
-    out = np.zeros((n_out, n_in))
-    cols = np.clip(idx.astype(np.int64), 1, n_in) - 1
-    np.add.at(out, (np.repeat(np.arange(n_out), idx.shape[1]), cols.ravel()), w.ravel())
+    return w, np.clip(idx.astype(np.int64), 1, n_in) - 1
+
+
+def resize_weights(n_in: int, scale: float) -> np.ndarray:
+    """The ``(ceil(n_in * scale), n_in)`` matrix of MATLAB ``imresize``'s bicubic along one axis,
+    for any ``scale > 0`` (float64, on the host). At ``s = 1/r`` its rows hold the filter of
+    :func:`downscale_taps`."""
+    w, idx = _contributions(n_in, scale)
+    out = np.zeros((w.shape[0], n_in))
+    np.add.at(out, (np.repeat(np.arange(w.shape[0]), w.shape[1]), idx.ravel()), w.ravel())
     return out
 
 
@@ -108,19 +111,25 @@ def imresize_uint8(image_HWC: np.ndarray, scale: float) -> np.ndarray:
     """MATLAB ``imresize(image, scale, 'bicubic')`` of a uint8 ``(H, W, C)`` image on the host: rows
     first, then columns, each pass rounded half away from zero and saturated to uint8, as MATLAB
     stores it; the output is ``ceil(H * scale) x ceil(W * scale)``. For scales that are not ``1/r``
-    (:func:`downscale` covers those on the device)."""
+    (:func:`downscale` covers those on the device).
+
+    Each pass sums its taps in order, as MATLAB's ``resizeAlongDim`` does: exact halves are common
+    after these filters, and a matrix product's other summation order rounds some of them the other
+    way.
+    """
     x = np.asarray(image_HWC)
     if x.dtype != np.uint8 or x.ndim != 3:
         raise ValueError(f"image must be uint8 (H, W, C), got {x.dtype} {x.shape}")
 
-    def to_uint8(v: np.ndarray) -> np.ndarray:
-        return np.floor(np.clip(v, 0.0, 255.0) + 0.5)
+    def one_pass(v: np.ndarray, axis: int) -> np.ndarray:
+        w, idx = _contributions(v.shape[axis], scale)
+        v = np.moveaxis(v, axis, 0)
+        out = np.zeros((w.shape[0],) + v.shape[1:])
+        for p in range(w.shape[1]):
+            out += w[:, p, None, None] * v[idx[:, p]]
+        return np.moveaxis(np.floor(np.clip(out, 0.0, 255.0) + 0.5), 0, axis)
 
-    rows = to_uint8(
-        np.einsum("oh,hwc->owc", resize_weights(x.shape[0], scale), x.astype(np.float64))
-    )
-    out = to_uint8(np.einsum("ow,hwc->hoc", resize_weights(x.shape[1], scale), rows))
-    return out.astype(np.uint8)
+    return one_pass(one_pass(x.astype(np.float64), 0), 1).astype(np.uint8)
 
 
 def upscale_taps(r: int) -> np.ndarray:
