@@ -134,18 +134,24 @@ def dry_run_table(plan: dict) -> str:
 
 
 def lr_table(searched: dict) -> str:
-    lines = [f"{'family':<7} {'lr':>8} {'train PSNR':>10} runs failed"]
+    lines = [f"{'family':<7} {'steps':>7} {'lr':>8} {'train PSNR':>10} runs failed"]
     for row in searched["table"]:
         psnr = "-" if row["train_psnr"] is None else f"{row['train_psnr']:.3f}"
+        steps = row.get("steps", "-")
         lines.append(
-            f"{row['family']:<7} {row['lr']:>8.2g} {psnr:>10} {row['runs']:>4} {row['failed']:>6}"
+            f"{row['family']:<7} {steps:>7} {row['lr']:>8.2g} {psnr:>10} {row['runs']:>4} "
+            f"{row['failed']:>6}"
         )
-    edge = searched.get("at_edge", {})
-    chosen = ", ".join(
-        f"{k}={v:g}" + (" (an end of the rates tried)" if edge.get(k) else "")
-        for k, v in searched["lrs"].items()
-    )
-    return "\n".join([*lines, f"chosen (training-subset PSNR, not validation): {chosen}"])
+    by_steps = searched.get("by_steps") or {"": searched["lrs"]}
+    edges = searched.get("at_edge_by_steps") or {"": searched.get("at_edge", {})}
+    for steps, lrs in by_steps.items():
+        chosen = ", ".join(
+            f"{k}={v:g}" + (" (an end of the rates tried)" if edges.get(steps, {}).get(k) else "")
+            for k, v in lrs.items()
+        )
+        at = f" at {steps} steps" if steps else ""
+        lines.append(f"chosen{at} (training-subset PSNR, not validation): {chosen}")
+    return "\n".join(lines)
 
 
 def _run_lr_search(sweep, workdir: str) -> dict:
@@ -159,7 +165,7 @@ def _run_lr_search(sweep, workdir: str) -> dict:
     ids = {p.point_id for p in points}
     logging.info("learning-rate search: %d short runs in %s", len(points), search_dir)
     runner.run(points, ctx, path, progress=FLAGS.progress)
-    chosen = _agreed_choice(search_dir, families, ids)
+    chosen = _agreed_choice(search_dir, families, ids, lr_search.lengths(sweep))
     for _ in range(lr_search.extend_limit(sweep)):
         more = _agreed_rates(lr_search.extensions(chosen) if chosen["table"] else {}, families)
         if not more:
@@ -169,20 +175,23 @@ def _run_lr_search(sweep, workdir: str) -> dict:
             extra = lr_search.points(sweep, (rate,), (family,))
             ids |= {p.point_id for p in extra}
             runner.run(extra, ctx, path, progress=False)
-        chosen = _agreed_choice(search_dir, families, ids)
+        chosen = _agreed_choice(search_dir, families, ids, lr_search.lengths(sweep))
     chosen["settings"] = lr_search.settings(sweep)
     if jax.process_index() == 0:
         lr_search.write(workdir, chosen)
     return chosen
 
 
-def _agreed_choice(search_dir: str, families, ids: set[str]) -> dict:
+def _agreed_choice(search_dir: str, families, ids: set[str], lengths) -> dict:
     """The search's choice from process 0's records of this search's runs (``ids``; the only
-    records written); every process gets its rates."""
+    records written); every process gets its rates (per length, for a search over several)."""
     chosen = {"lrs": {}, "table": [], "at_edge": {}}
     if jax.process_index() == 0:
         chosen = lr_search.choose(results.read_dir(search_dir), families, ids)
     chosen["lrs"] = _agreed_rates(chosen["lrs"], families)
+    if len(lengths) > 1:
+        by = chosen.get("by_steps", {})
+        chosen["by_steps"] = {str(n): _agreed_rates(by.get(str(n), {}), families) for n in lengths}
     return chosen
 
 
@@ -224,7 +233,7 @@ def main(argv: list[str]) -> None:
         searched = None
     if FLAGS.dry_run:
         search = lr_search.points(sweep) if lr_search.enabled(sweep) and not searched else []
-        points = grid.expand(sweep, (searched or {}).get("lrs"))
+        points = grid.expand(sweep, (searched or {}).get("lrs"), lr_search.rates_by_steps(searched))
         mine = grid.shard(points, index, count)
         plan = {
             "points": len(points),
@@ -246,7 +255,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.lr_search:
         cli.emit(searched or {"lrs": {}, "table": []}, lr_table)
         return
-    points = grid.expand(sweep, (searched or {}).get("lrs"))
+    points = grid.expand(sweep, (searched or {}).get("lrs"), lr_search.rates_by_steps(searched))
     if FLAGS.latency_only:
         out = runner.write_latency(ctx, points)
         cli.emit(

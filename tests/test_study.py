@@ -683,3 +683,56 @@ def test_bicubic_scores_equal_a_residual_net_with_zero_weights(smoke_points):
     got = measure.bicubic_scores(source, 3, 1)
     assert got["psnr"] == pytest.approx(want["psnr"], abs=1e-4)
     assert got["ssim"] == pytest.approx(want["ssim"], abs=1e-6)
+
+
+def test_lr_search_per_length_chooses_at_each_length_and_points_use_their_own():
+    """With lr_search.per_length the search runs at the grid's and the control's lengths, chooses
+    per length, and every point (grid, control, equivalence) trains at its own length's rate."""
+    from espcn_jax.study import lr_search, report
+
+    cfg = sweep_config("standard")
+    cfg.budget.lr_size = "24x32"
+    assert lr_search.per_length(cfg) and lr_search.lengths(cfg) == (9000, 18000)
+    pts = lr_search.points(cfg)
+    assert {(p.family, p.lr, p.steps) for p in pts} == {
+        (f, r, n) for f in ("lr", "hr") for r in (3e-3, 1e-2) for n in (9000, 18000)
+    }
+
+    def rec(family, steps, lr, psnr):
+        return {"point_id": f"{family}-{steps}-{lr}", "role": "lr_search", "family": family,
+                "steps": steps, "lr": lr, "status": "ok", "train_loss_psnr": psnr}  # fmt: skip
+
+    records = [  # hr: 1e-2 wins by 0.07 dB at 9,000 steps and ties at 18,000; lr: 3e-3 at both
+        rec("lr", 9000, 3e-3, 31.35), rec("lr", 9000, 1e-2, 31.36),
+        rec("hr", 9000, 3e-3, 31.17), rec("hr", 9000, 1e-2, 31.24),
+        rec("lr", 18000, 3e-3, 31.40), rec("lr", 18000, 1e-2, 30.58),
+        rec("hr", 18000, 3e-3, 31.26), rec("hr", 18000, 1e-2, 31.27),
+    ]  # fmt: skip
+    chosen = lr_search.choose(records, ("lr", "hr"))
+    assert chosen["by_steps"] == {"9000": {"lr": 3e-3, "hr": 1e-2},
+                                  "18000": {"lr": 3e-3, "hr": 3e-3}}  # fmt: skip
+    assert chosen["lrs"] == {"lr": 3e-3, "hr": 3e-3}  # the longest length's
+    assert chosen["at_edge_by_steps"]["9000"] == {"lr": True, "hr": True}
+    assert {row["steps"] for row in chosen["table"]} == {9000, 18000}
+    by_steps = lr_search.rates_by_steps(json.loads(json.dumps(chosen)))  # as read from the file
+    assert by_steps == {9000: {"lr": 3e-3, "hr": 1e-2}, 18000: {"lr": 3e-3, "hr": 3e-3}}
+
+    points = grid.expand(cfg, chosen["lrs"], by_steps)
+    for p in points:
+        want = 1e-2 if (p.family, p.steps) == ("hr", 9000) else 3e-3
+        assert p.lr == want, (p.role, p.family, p.steps, p.lr)
+    assert {p.role for p in points} == {"grid", "control", "equivalence"}
+    lines = report._search_lines(chosen)
+    assert len(lines) == 2 and "for the 9,000-step runs" in lines[0]
+    assert "hr 0.01 of 0.003, 0.01" in lines[0] and "hr 0.003 of 0.003, 0.01" in lines[1]
+    assert "lr 0.003 of 0.003, 0.01" in lines[1]
+
+    with pytest.raises(ValueError, match="no successful run of family 'hr' at 9000 steps"):
+        lr_search.choose(records[:2] + records[4:], ("lr", "hr"))
+    cfg.lr_search.extend = 1
+    with pytest.raises(ValueError, match="lr_search.extend must be 0 with lr_search.per_length"):
+        lr_search.extend_limit(cfg)
+    cfg = ml_collections.ConfigDict(cfg.to_dict(), type_safe=False)
+    cfg.lr_search.per_length = 1
+    with pytest.raises(ValueError, match="lr_search.per_length must be True or False, got 1"):
+        lr_search.lengths(cfg)

@@ -102,12 +102,15 @@ def test_standard_preset_is_at_least_4_budgets_over_16x(tmp_path):
         "--config.eval.set5=/data/Set5",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    run = json.loads(proc.stdout)["run"]
+    plan = json.loads(proc.stdout)
+    run = plan["run"]
     grid = [p for p in run if p["role"] == "grid"]
     budgets = sorted({p["budget"] for p in grid})
     assert len(budgets) >= 4 and budgets[-1] / budgets[0] >= 16
     assert {p["family"] for p in grid} == {"lr", "hr"} and len({p["seed"] for p in grid}) >= 3
     assert any(p["role"] == "control" for p in run)
+    # the rates are searched at every length a run trains (each run uses its own length's)
+    assert {p["steps"] for p in plan["lr_search"]} == {p["steps"] for p in run}
 
 
 @pytest.mark.parametrize(

@@ -267,11 +267,20 @@ def _section_tuple(cfg, section: str, name: str) -> tuple:
     return tuple(value)
 
 
-def expand(cfg: ml_collections.ConfigDict, lrs: dict | None = None) -> list[Point]:
+def expand(
+    cfg: ml_collections.ConfigDict,
+    lrs: dict | None = None,
+    lrs_by_steps: dict[int, dict] | None = None,
+) -> list[Point]:
     """Every point of the sweep ``cfg`` (grid, then convergence control, then equivalence check),
     widths solved; a bad axis or budget is a ValueError. ``lrs``: per-family peak learning rates
-    that override the config's (a learning-rate search's result)."""
+    that override the config's (a learning-rate search's result); ``lrs_by_steps``: such rates per
+    training length (a search per length), used by the points of that length instead."""
     _check_old_fields(cfg)
+
+    def rates(steps: int) -> dict | None:
+        return (lrs_by_steps or {}).get(int(steps), lrs)
+
     axes = {name: _axis(cfg, name) for name in AXES}
     for family in axes["families"]:
         if family not in models.FAMILY_NAMES:
@@ -291,7 +300,7 @@ def expand(cfg: ml_collections.ConfigDict, lrs: dict | None = None) -> list[Poin
     for steps, residual, rf_match, depth, budget in outer:
         points += _solved_points(
             cfg, axes["families"], depth, budget, axes["seeds"], steps, residual, rf_match,
-            "grid", lrs,
+            "grid", rates(steps),
         )  # fmt: skip
     control_steps = int(cfg.get("control", {}).get("steps", 0) or 0)
     if control_steps:
@@ -311,7 +320,7 @@ def expand(cfg: ml_collections.ConfigDict, lrs: dict | None = None) -> list[Poin
         for residual, rf_match, depth, budget in outer:
             points += _solved_points(
                 cfg, axes["families"], depth, budget, axes["seeds"], control_steps, residual,
-                rf_match, "control", lrs,
+                rf_match, "control", rates(control_steps),
             )  # fmt: skip
     eq_budgets = _section_tuple(cfg, "equivalence", "budgets")
     if eq_budgets:
@@ -319,7 +328,8 @@ def expand(cfg: ml_collections.ConfigDict, lrs: dict | None = None) -> list[Poin
             "lr": {"upsample_bias": "channel"},
             "deconv": {"upsample_bias": "channel", "init": "lr"},
         }
-        rate = peak_lr(cfg, "lr", lrs)  # one rate for both: the same function class
+        # one rate for both (the same function class): lr's at the grid's first length
+        rate = peak_lr(cfg, "lr", rates(axes["steps"][0]))
         eq_lrs = {"lr": rate, "deconv": rate} if rate is not None else None
         eq_seeds = _section_tuple(cfg, "equivalence", "seeds") or axes["seeds"]
         for residual, depth, budget in itertools.product(

@@ -51,6 +51,25 @@ def _tuple(value) -> tuple:
     return tuple(value)
 
 
+def per_length(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether the search chooses a rate per training length (``lr_search.per_length``)."""
+    value = cfg.get("lr_search", {}).get("per_length", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"lr_search.per_length must be True or False, got {value!r}")
+    return value
+
+
+def lengths(cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The training lengths the search runs at: with ``lr_search.per_length`` every length the
+    sweep trains (its ``steps`` axis and ``control.steps``), else ``lr_search.steps`` (default: the
+    grid's first length)."""
+    if per_length(cfg):
+        out = {int(x) for x in _tuple(cfg.steps)}
+        control = int(cfg.get("control", {}).get("steps", 0) or 0)
+        return tuple(sorted(out | ({control} if control else set())))
+    return (int(cfg.lr_search.get("steps") or _tuple(cfg.steps)[0]),)
+
+
 def points(
     cfg: ml_collections.ConfigDict,
     rates: Sequence[float] | None = None,
@@ -67,69 +86,89 @@ def points(
         sorted(_tuple(cfg.budgets))[len(cfg.budgets) // 2],
     )
     seeds = _tuple(s.get("seeds") or ()) or _tuple(cfg.seeds)[:1]
-    steps = int(s.get("steps") or _tuple(cfg.steps)[0])
     depth = _tuple(cfg.depths)[0]
     residual = _tuple(cfg.residual)[0]
     rf = _tuple(cfg.rf_match)[0] if "rf_match" in cfg else "none"
     out = []
-    for budget in budgets:
-        for rate in rates:
-            lrs = {family: float(rate) for family in families}
-            out += grid._solved_points(  # noqa: SLF001  the grid's own solver, one family set
-                cfg, families, depth, budget, seeds, steps, residual, rf, "lr_search", lrs
-            )
+    for steps in lengths(cfg):
+        for budget in budgets:
+            for rate in rates:
+                lrs = {family: float(rate) for family in families}
+                out += grid._solved_points(  # noqa: SLF001  the grid's own solver, one family set
+                    cfg, families, depth, budget, seeds, steps, residual, rf, "lr_search", lrs
+                )
     return out
 
 
 def choose(
     records: Iterable[dict], families: Sequence[str], point_ids: Iterable[str] | None = None
 ) -> dict:
-    """``{"lrs": {family: rate}, "table": [{family, lr, train_psnr, runs, failed, chosen}],
+    """``{"lrs": {family: rate}, "table": [{family, steps, lr, train_psnr, runs, failed, chosen}],
     "at_edge": {family: bool}}``: per family the smallest rate whose mean training-subset PSNR
     (``train_loss_psnr``) is within ``TOLERANCE_DB`` of the best; ValueError if a family has no
     successful run. ``point_ids`` (default: all) limits it to this search's runs, so that runs of
-    an earlier, different search in the same directory (other rates or extensions) never count."""
+    an earlier, different search in the same directory (other rates or extensions) never count.
+
+    A search over several training lengths chooses at each: ``"by_steps"`` ``{steps: {family:
+    rate}}`` (keys are strings in JSON) and ``"at_edge_by_steps"``; ``lrs`` and ``at_edge`` are then
+    the longest length's."""
     wanted = None if point_ids is None else set(point_ids)
     latest = results.latest(
         r
         for r in records
         if r.get("role") == "lr_search" and (wanted is None or r.get("point_id") in wanted)
     )
-    by_rate: dict[tuple[str, float], dict] = {}
+    by_rate: dict[tuple[int | None, str, float], dict] = {}
     for r in latest.values():
-        key = (r["family"], float(r["lr"]))
+        steps = r.get("steps")  # None in records that never said
+        key = (None if steps is None else int(steps), r["family"], float(r["lr"]))
         row = by_rate.setdefault(key, {"scores": [], "failed": 0})
         score = r.get("train_loss_psnr")
         if r.get("status") == results.STATUS_OK and score is not None and math.isfinite(score):
             row["scores"].append(float(score))
         else:
             row["failed"] += 1
-    table, lrs, edge = [], {}, {}
-    for family in families:
-        rows = []
-        for (fam, rate), row in sorted(by_rate.items()):
-            if fam != family:
-                continue
-            mean = float(np.mean(row["scores"])) if row["scores"] else None
-            rows.append(
-                {"family": family, "lr": rate, "train_psnr": mean,
-                 "runs": len(row["scores"]), "failed": row["failed"]}
-            )  # fmt: skip
-        scored = [row for row in rows if row["train_psnr"] is not None]
-        if not scored:
-            raise ValueError(f"lr_search: no successful run of family {family!r}")
-        top = max(row["train_psnr"] for row in scored)
-        best = min(
-            (row for row in scored if row["train_psnr"] >= top - TOLERANCE_DB),
-            key=lambda row: row["lr"],
-        )
-        lrs[family] = best["lr"]
-        tried = [row["lr"] for row in rows]
-        for row in rows:
-            row["chosen"] = row is best
-        edge[family] = len(tried) > 1 and best["lr"] in (min(tried), max(tried))
-        table += rows
-    return {"lrs": lrs, "table": table, "at_edge": edge}
+    table, by_steps, edges = [], {}, {}
+    for steps in sorted({k[0] for k in by_rate}) or [None]:
+        lrs, edge = {}, {}
+        for family in families:
+            rows = []
+            for (length, fam, rate), row in sorted(by_rate.items()):
+                if length != steps or fam != family:
+                    continue
+                mean = float(np.mean(row["scores"])) if row["scores"] else None
+                rows.append(
+                    {"family": family, "steps": length, "lr": rate, "train_psnr": mean,
+                     "runs": len(row["scores"]), "failed": row["failed"]}
+                )  # fmt: skip
+            scored = [row for row in rows if row["train_psnr"] is not None]
+            if not scored:
+                at = "" if steps is None else f" at {steps} steps"
+                raise ValueError(f"lr_search: no successful run of family {family!r}{at}")
+            top = max(row["train_psnr"] for row in scored)
+            best = min(
+                (row for row in scored if row["train_psnr"] >= top - TOLERANCE_DB),
+                key=lambda row: row["lr"],
+            )
+            lrs[family] = best["lr"]
+            tried = [row["lr"] for row in rows]
+            for row in rows:
+                row["chosen"] = row is best
+            edge[family] = len(tried) > 1 and best["lr"] in (min(tried), max(tried))
+            table += rows
+        by_steps[steps], edges[steps] = lrs, edge
+    longest = max(by_steps, key=lambda k: -1 if k is None else k)
+    out = {"lrs": by_steps[longest], "table": table, "at_edge": edges[longest]}
+    if len(by_steps) > 1:
+        out["by_steps"] = {str(k): v for k, v in by_steps.items()}
+        out["at_edge_by_steps"] = {str(k): v for k, v in edges.items()}
+    return out
+
+
+def rates_by_steps(searched: dict | None) -> dict[int, dict[str, float]] | None:
+    """A per-length search's ``{steps: {family: rate}}`` (None for a search at one length)."""
+    by = (searched or {}).get("by_steps")
+    return {int(k): dict(v) for k, v in by.items()} if by else None
 
 
 def extend_limit(cfg: ml_collections.ConfigDict) -> int:
@@ -137,6 +176,11 @@ def extend_limit(cfg: ml_collections.ConfigDict) -> int:
     value = cfg.lr_search.get("extend", 2)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"lr_search.extend must be an integer >= 0, got {value!r}")
+    if value and per_length(cfg):
+        raise ValueError(
+            f"lr_search.extend must be 0 with lr_search.per_length=True, got {value}: the "
+            "extension steps one family past an end at one length"
+        )
     return value
 
 
@@ -159,12 +203,13 @@ def settings(cfg: ml_collections.ConfigDict) -> dict:
     """What decides a search's choice (its rates, extension limit and runs): recorded in
     ``lr_search.json``, so that a sweep whose search settings changed searches again (reusing
     every run it already has) rather than training with a stale choice."""
-    return {
+    out = {
         "families": list(grid.names(cfg.families)),
         "rates": [float(r) for r in _tuple(cfg.lr_search.rates)],
         "extend": extend_limit(cfg),
         "points": sorted(p.point_id for p in points(cfg)),
     }
+    return out | ({"per_length": True} if per_length(cfg) else {})
 
 
 def current(searched: dict | None, cfg: ml_collections.ConfigDict) -> bool:

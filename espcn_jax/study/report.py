@@ -1232,20 +1232,28 @@ def _search_lines(search: dict | None) -> list[str]:
     """Where the learning-rate search's choices lie in the rates it tried (lr_search.json)."""
     if not search or not search.get("table"):
         return []
-    parts = []
-    for family, rate in sorted(search["lrs"].items(), key=lambda kv: _family_key(kv[0])):
-        tried = sorted({row["lr"] for row in search["table"] if row["family"] == family})
-        where = (
-            "an end of the rates tried: a rate beyond it was not tried"
-            if search.get("at_edge", {}).get(family)
-            else "inside the rates tried"
+    by_steps = search.get("by_steps") or {"": search["lrs"]}
+    edges = search.get("at_edge_by_steps") or {"": search.get("at_edge", {})}
+    lines = []
+    for steps, lrs in by_steps.items():
+        parts = []
+        for family, rate in sorted(lrs.items(), key=lambda kv: _family_key(kv[0])):
+            rows = [r for r in search["table"] if r["family"] == family]
+            if steps:  # a search per training length: this length's runs
+                rows = [r for r in rows if str(r.get("steps")) == steps]
+            tried = sorted({row["lr"] for row in rows})
+            where = (
+                "an end of the rates tried: a rate beyond it was not tried"
+                if edges.get(steps, {}).get(family)
+                else "inside the rates tried"
+            )
+            parts.append(f"{family} {rate:g} of {', '.join(f'{t:g}' for t in tried)} ({where})")
+        at = f" for the {int(steps):,}-step runs" if steps else ""
+        lines.append(
+            f"Learning rates chosen by the training-subset search{at} (never the validation "
+            "sets): " + "; ".join(parts) + "."
         )
-        parts.append(f"{family} {rate:g} of {', '.join(f'{t:g}' for t in tried)} ({where})")
-    return [
-        "Learning rates chosen by the training-subset search (never the validation sets): "
-        + "; ".join(parts)
-        + "."
-    ]
+    return lines
 
 
 def _failed_lines(failed: Sequence[dict]) -> list[str]:

@@ -22,8 +22,8 @@ Presets (DRAFT sizes: the step counts are the one knob, ``STEPS`` below):
   equivalence check at the smallest budget (one seed), a 3-rate search (extended past an end
   that wins).
 - ``standard`` (<= ~2 h): lr and hr, 4 budgets spanning 16x, 3 seeds, 9,000 steps, a 2x control
-  at 1e4, rates searched up to 1e-2 at the control's length, 6 curve points; ``--config.eval.set5=DIR`` adds a Set5
-  folder as a second set.
+  at 1e4, rates searched up to 1e-2 at each length (9,000 and 18,000), 6 curve points;
+  ``--config.eval.set5=DIR`` adds a Set5 folder as a second set.
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lr_search.steps = steps // 2
     c.lr_search.budgets = (1.5e4,)
     c.lr_search.seeds = (0,)
+    # True: search at every length the sweep trains (steps, control.steps); each run then trains
+    # at its own length's choice (lr_search.steps unused)
+    c.lr_search.per_length = False
     c.lrs = ml_collections.ConfigDict()  # per-family peak rates by hand (a search overrides)
     for family in ("lr", "hr", "deconv", "lr_tied"):
         c.lrs[family] = config_dict.placeholder(float)
@@ -139,10 +142,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.control.budgets = (1e4,)
         c.equivalence.budgets = (1e4,)
         c.lr_search.budgets = (1e4,)
-        # the rates are chosen at the longest length any run trains (the control's): a rate
-        # chosen in 2,000-step runs collapsed long runs twice, hr at 3e-2 in 3 of 11 9,000-step
-        # runs and lr at 1e-2 in 2 of 3 18,000-step control runs (BUILD_NOTES)
-        c.lr_search.steps = c.control.steps
+        # a rate per training length, each chosen at that length: a rate chosen in 2,000-step
+        # runs collapsed long runs twice (hr at 3e-2 in 3 of 11 9,000-step runs, lr at 1e-2 in 2
+        # of 3 18,000-step control runs), and the one rate chosen at 18,000 steps (3e-3) cost hr
+        # 0.03-0.19 dB at the grid's 9,000 (BUILD_NOTES)
+        c.lr_search.per_length = True
         # no rate past 1e-2: hr at 3e-2 collapsed at 9,000 steps (above); a choice at the top
         # edge says so
         c.lr_search.rates = (3e-3, 1e-2)
