@@ -40,7 +40,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from espcn_jax import cli, storage
-from espcn_jax.study import grid, lr_search, results, runner
+from espcn_jax.study import grid, lr_search, report, results, runner
 from espcn_jax.study.point import Context
 from espcn_jax.training import Interrupted
 
@@ -137,16 +137,14 @@ def lr_table(searched: dict) -> str:
     lines = [f"{'family':<7} {'steps':>7} {'lr':>8} {'train PSNR':>10} runs failed"]
     for row in searched["table"]:
         psnr = "-" if row["train_psnr"] is None else f"{row['train_psnr']:.3f}"
-        steps = row.get("steps", "-")
+        steps = row.get("steps") or "-"  # absent in a file from before per-length search
         lines.append(
             f"{row['family']:<7} {steps:>7} {row['lr']:>8.2g} {psnr:>10} {row['runs']:>4} "
             f"{row['failed']:>6}"
         )
-    by_steps = searched.get("by_steps") or {"": searched["lrs"]}
-    edges = searched.get("at_edge_by_steps") or {"": searched.get("at_edge", {})}
-    for steps, lrs in by_steps.items():
+    for steps, lrs, edge in report.search_choices(searched):
         chosen = ", ".join(
-            f"{k}={v:g}" + (" (an end of the rates tried)" if edges.get(steps, {}).get(k) else "")
+            f"{k}={v:g}" + (" (an end of the rates tried)" if edge.get(k) else "")
             for k, v in lrs.items()
         )
         at = f" at {steps} steps" if steps else ""

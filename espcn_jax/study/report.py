@@ -1228,14 +1228,23 @@ def conclusion_lines(a: dict) -> list[str]:
     return lines + _failed_lines(a["failed"])
 
 
+def search_choices(search: dict) -> list[tuple[str, dict[str, float], dict[str, bool]]]:
+    """``(steps, {family: rate}, {family: at_edge})`` per searched length of an
+    ``lr_search.json`` (espcn_jax/study/lr_search.py); one entry with steps ``""`` for a search at
+    one length."""
+    by = search.get("by_steps")
+    if not by:
+        return [("", search["lrs"], search.get("at_edge", {}))]
+    edges = search.get("at_edge_by_steps", {})
+    return [(steps, lrs, edges.get(steps, {})) for steps, lrs in by.items()]
+
+
 def _search_lines(search: dict | None) -> list[str]:
     """Where the learning-rate search's choices lie in the rates it tried (lr_search.json)."""
     if not search or not search.get("table"):
         return []
-    by_steps = search.get("by_steps") or {"": search["lrs"]}
-    edges = search.get("at_edge_by_steps") or {"": search.get("at_edge", {})}
     lines = []
-    for steps, lrs in by_steps.items():
+    for steps, lrs, edge in search_choices(search):
         parts = []
         for family, rate in sorted(lrs.items(), key=lambda kv: _family_key(kv[0])):
             rows = [r for r in search["table"] if r["family"] == family]
@@ -1244,7 +1253,7 @@ def _search_lines(search: dict | None) -> list[str]:
             tried = sorted({row["lr"] for row in rows})
             where = (
                 "an end of the rates tried: a rate beyond it was not tried"
-                if edges.get(steps, {}).get(family)
+                if edge.get(family)
                 else "inside the rates tried"
             )
             parts.append(f"{family} {rate:g} of {', '.join(f'{t:g}' for t in tried)} ({where})")
