@@ -81,7 +81,8 @@ def _contributions(n_in: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """MATLAB ``imresize``'s ``contributions`` for one axis: ``(weights, indices)``, both
     ``(ceil(n_in * scale), taps)``, indices 0-based. Output ``o`` (1-based) samples
     ``u = o / s + (1 - 1/s) / 2``; a downscale stretches the kernel by ``1/s`` (antialiasing); rows
-    are normalised; indices past an end read the end pixel (MATLAB clamps them)."""
+    are normalised; indices past an end read the end pixel (MATLAB clamps them). At ``s = 1/r``
+    the rows hold the filter of :func:`downscale_taps`."""
     if not (isinstance(n_in, int | np.integer) and n_in >= 1):
         raise ValueError(f"n_in must be a positive integer, got {n_in!r}")
     if not (np.isfinite(scale) and scale > 0):
@@ -95,16 +96,6 @@ def _contributions(n_in: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     w = stretch * cubic(stretch * (u[:, None] - idx))
     w /= w.sum(axis=1, keepdims=True)
     return w, np.clip(idx.astype(np.int64), 1, n_in) - 1
-
-
-def resize_weights(n_in: int, scale: float) -> np.ndarray:
-    """The ``(ceil(n_in * scale), n_in)`` matrix of MATLAB ``imresize``'s bicubic along one axis,
-    for any ``scale > 0`` (float64, on the host). At ``s = 1/r`` its rows hold the filter of
-    :func:`downscale_taps`."""
-    w, idx = _contributions(n_in, scale)
-    out = np.zeros((w.shape[0], n_in))
-    np.add.at(out, (np.repeat(np.arange(w.shape[0]), w.shape[1]), idx.ravel()), w.ravel())
-    return out
 
 
 def imresize_uint8(image_HWC: np.ndarray, scale: float) -> np.ndarray:

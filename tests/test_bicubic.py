@@ -349,11 +349,11 @@ def test_host_imresize_any_scale_matches_port(scale, c):
 def test_host_imresize_size_rule_and_errors():
     img = np.zeros((33, 10, 1), np.uint8)
     assert bicubic.imresize_uint8(img, 1 / 3).shape == (11, 4, 1)  # MATLAB: ceil(in * scale)
-    assert bicubic.resize_weights(7, 0.5).shape == (4, 7)
+    assert bicubic.imresize_uint8(np.zeros((7, 5, 1), np.uint8), 0.5).shape == (4, 3, 1)
     with pytest.raises(ValueError, match="image must be uint8"):
         bicubic.imresize_uint8(img.astype(np.float32), 0.5)
     with pytest.raises(ValueError, match="scale must be a positive number, got 0"):
-        bicubic.resize_weights(7, 0)
+        bicubic.imresize_uint8(img, 0)
 
 
 @pytest.mark.parametrize("r", [2, 3, 4])
