@@ -36,7 +36,8 @@ implementations in the last bit (XLA:CPU also contracts multiply-adds into FMAs 
 the public functions are jitted so that eager and jitted calls agree.
 
 All functions take float NHWC (integer input is cast to float32) and return float, unrounded unless
-``round_passes`` asks for MATLAB's uint8 behaviour.
+``round_passes`` asks for MATLAB's uint8 behaviour. The exception is :func:`imresize_uint8`: NumPy on
+the host, any scale, uint8 in and out (the training scale augmentation, ``data.rescales``).
 """
 
 from __future__ import annotations
