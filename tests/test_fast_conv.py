@@ -1,6 +1,6 @@
 """The oneDNN convolutions (espcn_jax/cpu_conv.py, the xla_cpu.OnednnConv hook) against
 ``jax.grad`` of plain ``lax.conv_general_dilated``: forward and both gradients over random shapes,
-strides, paddings and dilations; the cases the fast path does not run fall back to lax
+strides, paddings and dilations, and from many threads at once; the cases the fast path does not run fall back to lax
 unchanged; the engine's train step gives lax's loss curve (one device, and 4 forced host devices
 in a subprocess); without the library the step runs lax and says so in one log line.
 
@@ -8,6 +8,7 @@ Tests that need the library skip where it was not built (``pip install -e .`` bu
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -104,6 +105,37 @@ def test_hook_runs_the_custom_call_and_matches_lax():
     ref = jax.value_and_grad(lambda a, b: loss(lax.conv_general_dilated, a, b), (0, 1))(x, w)
     for f, r in zip(jax.tree.leaves(grad(x, w)), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(f, r, rtol=2e-5, atol=2e-5)
+
+
+@needs_library
+def test_calls_from_many_threads_at_once_match_lax():
+    """Every oneDNN call runs on the library's one executor thread, whichever thread XLA calls
+    from: 6 Python threads dispatching convs of 3 shapes at once all get lax's answers."""
+    rng = np.random.default_rng(1)
+    cases = []
+    for shape, cout in (((2, 11, 13, 3), 5), ((1, 8, 8, 16), 9), ((4, 6, 7, 2), 1)):
+        x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((3, 3, shape[-1], cout)), jnp.float32)
+        g = jnp.asarray(rng.standard_normal((*shape[:3], cout)), jnp.float32)
+        ref = _value_and_grads(lambda a, b: _reference(a, b, (1, 1), "SAME", (1, 1)), x, w, g)
+        cases.append(((x, w, g), ref))
+    fast = jax.jit(
+        lambda a, b, c: _value_and_grads(
+            lambda p, q: cpu_conv.conv(p, q, (1, 1), "SAME", (1, 1)), a, b, c
+        )
+    )
+
+    def work(i: int) -> list:
+        args, _ = cases[i % len(cases)]
+        return [jax.device_get(fast(*args)) for _ in range(20)]
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        outs = list(pool.map(work, range(6)))
+    for i, runs in enumerate(outs):
+        ref = cases[i % len(cases)][1]
+        for got in runs:
+            for f, r in zip(got, ref, strict=True):
+                np.testing.assert_allclose(f, r, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(r))))
 
 
 UNSUPPORTED = {

@@ -3,8 +3,7 @@
 // Layouts are JAX's: activations NHWC, weights HWIO (oneDNN's `nhwc` and `hwio` tags); the
 // weights (a few KB) are reordered to the layout oneDNN's kernel wants, the activations are not. oneDNN primitives are slow to create, so each is built once
 // per (kind, shapes, strides, padding, dilation) and cached; executing a cached primitive from
-// several threads is allowed (each call brings its own scratchpad and stream), but the calls are
-// serialised (see Run).
+// several threads is allowed, but every call runs on one executor thread (see Executor).
 //
 //   espcn_onednn_conv_fwd          (x[N,H,W,I], w[KH,KW,I,O])  -> y[N,OH,OW,O]
 //   espcn_onednn_conv_bwd_data     (dy[N,OH,OW,O], w)          -> dx[N,H,W,I]
@@ -13,11 +12,17 @@
 // Attributes (int64): stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, dilation_h,
 // dilation_w (1 = no dilation, JAX's convention).
 
+#include <unistd.h>
+
 #include <array>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -128,7 +133,79 @@ Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
   return Geometry{Nchw(x), Oihw(w), Nchw(y), {sh, sw}, {pt, pl}, {pb, pr}, {dh - 1, dw - 1}};
 }
 
+std::string RunHere(int kind, const Geometry& g, void* x, void* w, void* y);
+
+// The one thread that calls oneDNN. GNU OpenMP keeps a team of worker threads for each thread
+// that opens a parallel region, and XLA:CPU runs a custom call on whichever of its threads is
+// free (with asynchronous dispatch, threads of two pools), so calling oneDNN from XLA's threads
+// kept several teams and made the asynchronous training loop about 8% slower than the same step
+// timed call by call (BUILD_NOTES.md, "One thread for oneDNN"). Here every call runs on one
+// thread, so one team serves them all; calls are serialised, as that team already uses every
+// core. A forked child starts its own thread.
+class Executor {
+ public:
+  static Executor& Get() {
+    static std::mutex mu;
+    static Executor* executor = nullptr;
+    static pid_t owner = 0;
+    std::lock_guard<std::mutex> lock(mu);
+    if (executor == nullptr || owner != getpid()) {  // leaked: it lives as long as the process
+      executor = new Executor();
+      owner = getpid();
+    }
+    return *executor;
+  }
+
+  // Runs `task` on the executor's thread; returns its error message ("" for success).
+  std::string Call(const std::function<std::string()>& task) {
+    Job job{&task};
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(&job);
+    }
+    cv_.notify_one();
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [&] { return job.done; });
+    return job.error;
+  }
+
+ private:
+  struct Job {
+    const std::function<std::string()>* task;
+    std::string error;
+    bool done = false;
+  };
+
+  Executor() { std::thread([this] { Loop(); }).detach(); }
+
+  void Loop() {
+    for (;;) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return !queue_.empty(); });
+      Job* job = queue_.front();
+      queue_.pop_front();
+      lock.unlock();
+      std::string error = (*job->task)();
+      lock.lock();
+      job->error = std::move(error);
+      job->done = true;
+      lock.unlock();
+      done_cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  std::deque<Job*> queue_;
+};
+
 ffi::Error Run(int kind, const Geometry& g, void* x, void* w, void* y) {
+  std::string error = Executor::Get().Call([&]() -> std::string { return RunHere(kind, g, x, w, y); });
+  if (error.empty()) return ffi::Error::Success();
+  return ffi::Error(ffi::ErrorCode::kInternal, error);
+}
+
+std::string RunHere(int kind, const Geometry& g, void* x, void* w, void* y) {
   try {
     const Cached& c = Lookup(kind, g);
     auto& e = Engine();
@@ -137,11 +214,6 @@ ffi::Error Run(int kind, const Geometry& g, void* x, void* w, void* y) {
     thread_local std::vector<char> scratch_bytes, weight_bytes;
     if (scratch_bytes.size() < c.scratch.get_size()) scratch_bytes.resize(c.scratch.get_size());
     dnnl::memory sm(c.scratch, e, scratch_bytes.data());
-    // One oneDNN call at a time: its OpenMP team already uses every core, and XLA may run two
-    // independent convs (a layer's dx and dw) on two of its threads, which would start two
-    // teams that spin against each other on the same cores.
-    static std::mutex execute_mu;
-    std::lock_guard<std::mutex> lock(execute_mu);
     dnnl::memory wm = hwio;
     if (c.reorder) {
       if (weight_bytes.size() < c.weights.get_size()) weight_bytes.resize(c.weights.get_size());
@@ -162,9 +234,9 @@ ffi::Error Run(int kind, const Geometry& g, void* x, void* w, void* y) {
       c.weights_reorder.execute(stream, {{DNNL_ARG_FROM, wm}, {DNNL_ARG_TO, hwio}});
     stream.wait();
   } catch (const dnnl::error& err) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + err.what());
+    return std::string("oneDNN: ") + err.what();
   }
-  return ffi::Error::Success();
+  return "";
 }
 
 ffi::Error Forward(F32Buffer x, F32Buffer w, F32Result y, int64_t sh, int64_t sw, int64_t pt,
