@@ -188,3 +188,25 @@ def test_precision_is_validated_and_backfilled(tmp_path):
     config.train.precision = "highest"
     with pytest.raises(ValueError, match="differs in train.precision"):
         cfg_lib.check_workdir_config(config, tmp_path)
+
+
+@pytest.mark.parametrize("b1, b2", [(0.9, 0.999), (0.9, 0.99), (0.8, 0.95)])
+def test_adam_follows_a_numpy_adam_with_the_configured_betas(b1, b2):
+    """``config.opt.b1/b2`` reach Adam: 5 updates on fixed gradients against Adam written out in
+    NumPy (Kingma & Ba, bias-corrected moments, eps 1e-8 outside the square root)."""
+    opt = _opt(schedule="constant", lr=1e-2, b1=b1, b2=b2)
+    tx = optim.optimizer(opt, 100)
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(6).astype(np.float32) * 10.0**-k for k in range(5)]
+    params = np.zeros(6, np.float32)
+    state = tx.init(jnp.asarray(params))
+    got = jnp.asarray(params)
+    m = v = np.zeros(6, np.float64)
+    want = params.astype(np.float64)
+    for t, g in enumerate(grads, start=1):
+        updates, state = tx.update(jnp.asarray(g), state, got)
+        got = got + updates
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g.astype(np.float64) ** 2
+        want = want - 1e-2 * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + 1e-8)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
