@@ -100,7 +100,7 @@ NOTES = {
     "loop_step_ms": "ms per step of training.loop._train (the loop train_and_evaluate runs) "
     "over the engine step, fed its fixed device batch; a log window of --loop_steps steps",
     "loop_overhead": "median over rounds of loop_step_ms / the bare engine step timed just "
-    "before it (target <= 1.05)",
+    "before and just after it (the mean of the two medians; target <= 1.05)",
     "routes": "each route's median step (ms), torch_step_ms / step_ms, and the median of the "
     "per-round ratios; jax_step_ms is the route the engine uses by default here (default_route)",
     "pieces": "median ms of one ESPCN conv's forward, input gradient (dx) and weight gradient (dw); "
@@ -520,9 +520,11 @@ def measure_engine_loop(cfg: Config, mesh, batch) -> dict:
     """``training.loop._train`` (the loop ``train_and_evaluate`` runs: on-device metrics, signal
     checks, log fetches, a checkpoint at the end) over the engine step of ``jax_step_ms``, fed
     that step's fixed device batch (``pipeline_slowdown`` measures the input pipeline). Each
-    round: ``--steps`` bare steps (each blocked on, as ``jax_step_ms``), then a loop of
-    ``2 x --loop_steps`` steps logged every ``--loop_steps``; its second window's steps/s (no
-    compilation in it, checkpoint time excluded) gives ``loop_step_ms``."""
+    round: ``--steps`` bare steps (each blocked on, as ``jax_step_ms``), a loop of
+    ``2 x --loop_steps`` steps logged every ``--loop_steps``, and ``--steps`` bare steps again;
+    the loop's second window's steps/s (no compilation in it, checkpoint time excluded) gives
+    ``loop_step_ms``, the mean of the two bare medians the round's bare step (so a drift of the
+    machine's speed during the round cancels)."""
     import tempfile
 
     import ml_collections
@@ -550,7 +552,7 @@ def measure_engine_loop(cfg: Config, mesh, batch) -> dict:
     time_steps(bare, cfg.warmup)
     rounds = []
     for _ in range(cfg.rounds):
-        bare_ms = statistics.median(time_steps(bare, cfg.steps))
+        before_ms = statistics.median(time_steps(bare, cfg.steps))
         with tempfile.TemporaryDirectory() as workdir:
             ckpts = checkpoint.Checkpoints(workdir, keep=1)
             run = loop_lib._Run(
@@ -572,6 +574,8 @@ def measure_engine_loop(cfg: Config, mesh, batch) -> dict:
         (step, row) = run.writer.rows[-1]
         assert step == 2 * n, run.writer.rows
         loop_ms = 1e3 / row["steps_per_s"]
+        after_ms = statistics.median(time_steps(bare, cfg.steps))
+        bare_ms = (before_ms + after_ms) / 2  # bare, loop, bare: a drift of the machine cancels
         rounds.append(
             {"bare_step_ms": bare_ms, "loop_step_ms": loop_ms, "ratio": loop_ms / bare_ms}
         )
