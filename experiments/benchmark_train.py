@@ -523,8 +523,8 @@ def measure_engine_loop(cfg: Config, mesh, batch) -> dict:
     round: ``--steps`` bare steps (each blocked on, as ``jax_step_ms``), a loop of
     ``2 x --loop_steps`` steps logged every ``--loop_steps``, and ``--steps`` bare steps again;
     the loop's second window's steps/s (no compilation in it, checkpoint time excluded) gives
-    ``loop_step_ms``, the mean of the two bare medians the round's bare step (so a drift of the
-    machine's speed during the round cancels)."""
+    ``loop_step_ms``, and the mean of the two bare medians is the round's bare step (so a steady
+    drift of the machine's speed during the round cancels)."""
     import tempfile
 
     import ml_collections

@@ -1,8 +1,9 @@
 """The oneDNN convolutions (espcn_jax/cpu_conv.py, the xla_cpu.OnednnConv hook) against
 ``jax.grad`` of plain ``lax.conv_general_dilated``: forward and both gradients over random shapes,
-strides, paddings and dilations, and from many threads at once; the cases the fast path does not run fall back to lax
-unchanged; the engine's train step gives lax's loss curve (one device, and 4 forced host devices
-in a subprocess); without the library the step runs lax and says so in one log line.
+strides, paddings and dilations, and from many threads at once; the cases the fast path does not
+run fall back to lax unchanged; the engine's train step gives lax's loss curve (one device, and 4
+forced host devices in a subprocess); without the library the step runs lax and says so in one
+log line.
 
 Tests that need the library skip where it was not built (``pip install -e .`` builds it)."""
 

@@ -138,8 +138,8 @@ std::string RunHere(int kind, const Geometry& g, void* x, void* w, void* y);
 // The one thread that calls oneDNN. GNU OpenMP keeps a team of worker threads for each thread
 // that opens a parallel region, and XLA:CPU runs a custom call on whichever of its threads is
 // free (with asynchronous dispatch, threads of two pools), so calling oneDNN from XLA's threads
-// kept several teams and made the asynchronous training loop about 8% slower than the same step
-// timed call by call (BUILD_NOTES.md, "One thread for oneDNN"). Here every call runs on one
+// kept several teams and made the asynchronous training loop 7-10% slower than with one team
+// (BUILD_NOTES.md, "One thread for oneDNN"). Here every call runs on one
 // thread, so one team serves them all; calls are serialised, as that team already uses every
 // core. A forked child starts its own thread.
 class Executor {
@@ -200,7 +200,8 @@ class Executor {
 };
 
 ffi::Error Run(int kind, const Geometry& g, void* x, void* w, void* y) {
-  std::string error = Executor::Get().Call([&]() -> std::string { return RunHere(kind, g, x, w, y); });
+  std::string error =
+      Executor::Get().Call([&]() -> std::string { return RunHere(kind, g, x, w, y); });
   if (error.empty()) return ffi::Error::Success();
   return ffi::Error(ffi::ErrorCode::kInternal, error);
 }
