@@ -264,7 +264,7 @@ def base_config() -> ml_collections.ConfigDict:
         {
             "model": dataclass_fields(models.ModelConfig()),
             "data": {"source": "skimage", "data_dir": ""},
-            "opt": {"lr": 1e-3, "warmup_steps": 0},
+            "opt": {"lr": 1e-3, "warmup_steps": 0, "b2": 0.999},
             "train": {
                 "steps": 1,
                 "seed": 0,
