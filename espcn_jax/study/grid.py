@@ -260,6 +260,11 @@ def _solve(base: ModelConfig, budget_image: float, lr_size, scheme: str, metric:
     return sol, sol.flops  # in the metric's units (MACs for conv_macs)
 
 
+def control_steps(cfg: ml_collections.ConfigDict) -> int:
+    """The convergence control's training length (``control.steps``; 0 or unset: no control)."""
+    return int(cfg.get("control", {}).get("steps", 0) or 0)
+
+
 def _section_tuple(cfg, section: str, name: str) -> tuple:
     value = cfg.get(section, {}).get(name, ())
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
@@ -302,8 +307,8 @@ def expand(
             cfg, axes["families"], depth, budget, axes["seeds"], steps, residual, rf_match,
             "grid", rates(steps),
         )  # fmt: skip
-    control_steps = int(cfg.get("control", {}).get("steps", 0) or 0)
-    if control_steps:
+    control = control_steps(cfg)
+    if control:
         budgets = _section_tuple(cfg, "control", "budgets") or axes["budgets"][:1]
         stray = [b for b in budgets if b not in axes["budgets"]]
         if stray:
@@ -311,16 +316,16 @@ def expand(
                 f"control.budgets {tuple(stray)} are not on the budgets axis {axes['budgets']}: "
                 "the convergence control repeats grid cells at more steps"
             )
-        if control_steps in axes["steps"]:
+        if control in axes["steps"]:
             raise ValueError(
-                f"control.steps={control_steps} is already on the steps axis {axes['steps']}: "
+                f"control.steps={control} is already on the steps axis {axes['steps']}: "
                 "the convergence control trains longer than the grid (e.g. 4x)"
             )
         outer = itertools.product(axes["residual"], axes["rf_match"], axes["depths"], budgets)
         for residual, rf_match, depth, budget in outer:
             points += _solved_points(
-                cfg, axes["families"], depth, budget, axes["seeds"], control_steps, residual,
-                rf_match, "control", rates(control_steps),
+                cfg, axes["families"], depth, budget, axes["seeds"], control, residual,
+                rf_match, "control", rates(control),
             )  # fmt: skip
     eq_budgets = _section_tuple(cfg, "equivalence", "budgets")
     if eq_budgets:

@@ -70,7 +70,7 @@ def lengths(cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
     grid's first length)."""
     if per_length(cfg):
         out = {int(x) for x in _tuple(cfg.steps)}
-        control = int(cfg.get("control", {}).get("steps", 0) or 0)
+        control = grid.control_steps(cfg)
         return tuple(sorted(out | ({control} if control else set())))
     return (int(cfg.lr_search.get("steps") or _tuple(cfg.steps)[0]),)
 
