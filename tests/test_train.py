@@ -210,3 +210,59 @@ def test_adam_follows_a_numpy_adam_with_the_configured_betas(b1, b2):
         v = b2 * v + (1 - b2) * g.astype(np.float64) ** 2
         want = want - 1e-2 * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + 1e-8)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1"])
+def test_loss_border_scores_only_the_inner_pixels(loss):
+    """``loss_border=b``: the train loss is the NumPy loss over HR pixels ``b:-b`` of the network's
+    output, and HR targets inside the border change neither the loss nor the update."""
+    cfg = models.ModelConfig(family="lr", scale=2, depth=2, widths=4)
+    border = 3
+    steps = step_lib.make_steps(
+        cfg, optax.adam(1e-2), seed=0, mesh=step_lib.make_mesh(), loss=loss, loss_border=border
+    )
+    rng = np.random.default_rng(0)
+    batch = {"lr": rng.random((2, 6, 7, 1), np.float32), "hr": rng.random((2, 12, 14, 1), np.float32)}
+    state = steps.init()
+    sr = np.asarray(nnx.merge(steps.graphdef, state.params)(batch["lr"]), np.float64)
+    diff = (sr - batch["hr"])[:, border:-border, border:-border]
+    want = np.mean(diff**2) if loss == "mse" else np.mean(np.abs(diff))
+    state_a, metrics_a = steps.train(state, batch)
+    assert float(metrics_a["loss"]) == pytest.approx(want, rel=1e-5)
+
+    edited = {"lr": batch["lr"], "hr": batch["hr"].copy()}
+    edited["hr"][:, :border] = 1 - edited["hr"][:, :border]  # top rows
+    edited["hr"][:, :, -border:] = 0.5  # right columns
+    state_b, metrics_b = steps.train(steps.init(), edited)
+    assert float(metrics_b["loss"]) == float(metrics_a["loss"])
+    jax.tree.map(np.testing.assert_array_equal, state_b.params, state_a.params)
+
+    edited["hr"][:, border, border] += 0.25  # the first inner pixel does count
+    state_c, metrics_c = steps.train(steps.init(), edited)
+    assert float(metrics_c["loss"]) != float(metrics_a["loss"])
+
+
+def test_loss_border_is_validated_and_backfilled(tmp_path):
+    from _train_child import smoke_config
+
+    from espcn_jax.training import config as cfg_lib
+
+    config = smoke_config(tmp_path)
+    assert config.train.loss_border == 0
+    hr_patch = config.model.scale * config.train.patch
+    for bad in (-1, hr_patch // 2):
+        config.train.loss_border = bad
+        with pytest.raises(ValueError, match="config.train.loss_border must be an integer >= 0"):
+            cfg_lib.check(config)
+    config.train.loss_border = hr_patch // 2 - 1
+    cfg_lib.check(config)
+    # A run directory written before the field existed: it restores and resumes with no border.
+    config.train.loss_border = 0
+    old = json.loads(cfg_lib.to_json(config))
+    del old["train"]["loss_border"]
+    (tmp_path / cfg_lib.CONFIG_FILE).write_text(json.dumps(old))
+    assert cfg_lib.load(tmp_path).train.loss_border == 0
+    cfg_lib.check_workdir_config(config, tmp_path)
+    config.train.loss_border = 2
+    with pytest.raises(ValueError, match="differs in train.loss_border"):
+        cfg_lib.check_workdir_config(config, tmp_path)

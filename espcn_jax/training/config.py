@@ -20,7 +20,7 @@ CONFIG_FILE = "config.json"
 PRECISIONS = ("default", "high", "highest")
 # Fields added after runs were written: their value in a config.json that lacks them (the
 # behaviour those runs had), so that older run directories still restore and resume.
-BACKFILL = {"train.precision": "default"}
+BACKFILL = {"train.precision": "default", "train.loss_border": 0}
 # Fields that may change when a run is resumed: they do not change the parameters it computes.
 RESUMABLE_FIELDS = (
     "eval",
@@ -66,6 +66,11 @@ def precision(config: ml_collections.ConfigDict) -> str:
     return config.train.get("precision", BACKFILL["train.precision"])
 
 
+def loss_border(config: ml_collections.ConfigDict) -> int:
+    """``config.train.loss_border`` (0 in configs written before the field existed)."""
+    return config.train.get("loss_border", BACKFILL["train.loss_border"])
+
+
 def _backfill(tree: dict) -> dict:
     for dotted, value in BACKFILL.items():
         *parents, leaf = dotted.split(".")
@@ -92,6 +97,12 @@ def check(config: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         )
     if t.loss not in LOSSES:
         raise ValueError(f"config.train.loss must be one of {LOSSES}, got {t.loss!r}")
+    border, hr_patch = loss_border(config), model_cfg.scale * t.patch
+    if not isinstance(border, int) or isinstance(border, bool) or not 0 <= 2 * border < hr_patch:
+        raise ValueError(
+            f"config.train.loss_border must be an integer >= 0 that leaves pixels of the "
+            f"{hr_patch} x {hr_patch} HR patch (scale x config.train.patch), got {border!r}"
+        )
     if o.schedule not in SCHEDULES:
         raise ValueError(f"config.opt.schedule must be one of {SCHEDULES}, got {o.schedule!r}")
     if o.optimizer not in OPTIMIZERS:

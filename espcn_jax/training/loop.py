@@ -67,6 +67,7 @@ def _build(config: ml_collections.ConfigDict, mesh=None, feed=None):
         seed=config.train.seed,
         mesh=mesh,
         loss=config.train.loss,
+        loss_border=cfg_lib.loss_border(config),
         schedule=optim.schedule(config.opt, total),
         batch_fn=None if feed is None else feed.make_batch,
         inputs_sharding=None if feed is None else feed.inputs_sharding,

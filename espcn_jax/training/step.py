@@ -136,6 +136,7 @@ def make_steps(
     seed: int,
     mesh: Mesh,
     loss: str = "mse",
+    loss_border: int = 0,
     schedule: optax.Schedule | None = None,
     batch_fn: Callable[[Any], dict] | None = None,
     inputs_sharding: Any = None,
@@ -150,6 +151,10 @@ def make_steps(
     ``batch_fn``: the train step becomes ``train(state, inputs)`` and forms its batch as
     ``batch_fn(inputs)`` inside the same jit (e.g. ``DeviceSampler.make_batch``); ``inputs_sharding``
     is then the shardings of ``inputs`` (a pytree prefix). Only the state is donated.
+
+    ``loss_border``: HR pixels left out of the train loss at each side of the patch (0: none).
+    With the receptive field's radius (in HR pixels) the loss sees only outputs that no zero pad
+    reached, as SRCNN's valid convolutions did; the evaluation step always scores whole images.
 
     ``onednn_convs``: on the CPU backend, run the convs as oneDNN custom calls where the library
     was built (``xla_cpu.use_onednn_convs``); False, or elsewhere, plain ``lax``."""
@@ -173,7 +178,11 @@ def make_steps(
 
     def train(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def objective(params):
-            return loss_fn(forward(params, batch["lr"]), batch["hr"])
+            sr, hr = forward(params, batch["lr"]), batch["hr"]
+            if loss_border:
+                inner = (slice(None), slice(loss_border, -loss_border))
+                sr, hr = sr[inner + inner[1:]], hr[inner + inner[1:]]
+            return loss_fn(sr, hr)
 
         with jax.default_matmul_precision(precision):
             value, grads = jax.value_and_grad(objective)(state.params)

@@ -66,6 +66,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.patch = 24  # LR patch side (HR patch: scale * patch)
     t.seed = 0  # parameters and the batch of every step follow from it
     t.loss = "mse"  # mse or l1, on [0, 1] pixels
+    # HR pixels left out of the loss at each side of a patch: 4 LR pixels x scale (12) is the
+    # 5-3-3 net's receptive-field radius, so the loss sees no output a zero pad reached
+    t.loss_border = 0
     # matmul/conv precision of the train step: default (XLA's: one-pass bfloat16 on TPU, TF32 on
     # recent NVIDIA GPUs, float32 on CPU), high, or highest (full float32 everywhere)
     t.precision = "default"
