@@ -222,7 +222,10 @@ def test_loss_border_scores_only_the_inner_pixels(loss):
         cfg, optax.adam(1e-2), seed=0, mesh=step_lib.make_mesh(), loss=loss, loss_border=border
     )
     rng = np.random.default_rng(0)
-    batch = {"lr": rng.random((2, 6, 7, 1), np.float32), "hr": rng.random((2, 12, 14, 1), np.float32)}
+    batch = {
+        "lr": rng.random((2, 6, 7, 1), np.float32),
+        "hr": rng.random((2, 12, 14, 1), np.float32),
+    }
     state = steps.init()
     sr = np.asarray(nnx.merge(steps.graphdef, state.params)(batch["lr"]), np.float64)
     diff = (sr - batch["hr"])[:, border:-border, border:-border]
