@@ -31,7 +31,7 @@ points only) on the fixed batch: ``loop_step_ms``, and ``loop_overhead``, its ra
 step timed beside it (target: within 5%).
 
     python experiments/benchmark_train.py --json
-    python experiments/benchmark_train.py --rounds=1 --steps=5 --loop_steps=10 --json
+    python experiments/benchmark_train.py --rounds=1 --steps=5 --loop_steps=10 --loop_rounds=1 --json
     ESPCN_JAX_NO_ONEDNN=1 python experiments/benchmark_train.py --json  # as without the library
 """
 
@@ -64,6 +64,15 @@ flags.DEFINE_integer("steps", 20, "Timed steps per variant and round.", lower_bo
 flags.DEFINE_integer("rounds", 3, "Rounds over all variants (interleaved).", lower_bound=1)
 flags.DEFINE_integer("warmup", 3, "Untimed steps per variant before round 1.", lower_bound=1)
 flags.DEFINE_integer("loop_steps", 200, "Steps of each real-loop measurement.", lower_bound=2)
+flags.DEFINE_integer(
+    "loop_rounds", 7, "Rounds of the engine-loop measurement (loop_overhead).", lower_bound=1
+)
+flags.DEFINE_integer(
+    "loop_bare_steps",
+    60,
+    "Bare steps timed just before and just after each engine-loop round.",
+    lower_bound=1,
+)
 flags.DEFINE_integer("prefetch", 2, "Batches device_batches keeps ahead.", lower_bound=1)
 flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul.", lower_bound=1)
 flags.DEFINE_bool("torch", True, "Time PyTorch too when it is importable.")
@@ -99,8 +108,9 @@ NOTES = {
     "device_batches (target < 0.05)",
     "loop_step_ms": "ms per step of training.loop._train (the loop train_and_evaluate runs) "
     "over the engine step, fed its fixed device batch; a log window of --loop_steps steps",
-    "loop_overhead": "median over rounds of loop_step_ms / the bare engine step timed just "
-    "before and just after it (the mean of the two medians; target <= 1.05)",
+    "loop_overhead": "median over --loop_rounds rounds of loop_step_ms / the bare engine step "
+    "timed just before and just after it (the mean of the two medians of --loop_bare_steps "
+    "steps; target <= 1.05)",
     "routes": "each route's median step (ms), torch_step_ms / step_ms, and the median of the "
     "per-round ratios; jax_step_ms is the route the engine uses by default here (default_route)",
     "pieces": "median ms of one ESPCN conv's forward, input gradient (dx) and weight gradient (dw); "
@@ -120,6 +130,8 @@ class Config:
     rounds: int
     warmup: int
     loop_steps: int
+    loop_rounds: int
+    loop_bare_steps: int
     prefetch: int
     matmul_size: int
     torch_threads: int
@@ -139,6 +151,8 @@ def config_from_flags() -> Config:
         rounds=FLAGS.rounds,
         warmup=FLAGS.warmup,
         loop_steps=FLAGS.loop_steps,
+        loop_rounds=FLAGS.loop_rounds,
+        loop_bare_steps=FLAGS.loop_bare_steps,
         prefetch=FLAGS.prefetch,
         matmul_size=FLAGS.matmul_size,
         torch_threads=FLAGS.torch_threads,
@@ -520,8 +534,8 @@ def measure_engine_loop(cfg: Config, mesh, batch) -> dict:
     """``training.loop._train`` (the loop ``train_and_evaluate`` runs: on-device metrics, signal
     checks, log fetches, a checkpoint at the end) over the engine step of ``jax_step_ms``, fed
     that step's fixed device batch (``pipeline_slowdown`` measures the input pipeline). Each
-    round: ``--steps`` bare steps (each blocked on, as ``jax_step_ms``), a loop of
-    ``2 x --loop_steps`` steps logged every ``--loop_steps``, and ``--steps`` bare steps again;
+    of ``--loop_rounds``: ``--loop_bare_steps`` bare steps (each blocked on, as ``jax_step_ms``),
+    a loop of ``2 x --loop_steps`` steps logged every ``--loop_steps``, and the bare steps again;
     the loop's second window's steps/s (no compilation in it, checkpoint time excluded) gives
     ``loop_step_ms``, and the mean of the two bare medians is the round's bare step (so a steady
     drift of the machine's speed during the round cancels)."""
@@ -551,8 +565,8 @@ def measure_engine_loop(cfg: Config, mesh, batch) -> dict:
     bare = Stepper(steps.train, steps.init(), device_batch)
     time_steps(bare, cfg.warmup)
     rounds = []
-    for _ in range(cfg.rounds):
-        before_ms = statistics.median(time_steps(bare, cfg.steps))
+    for _ in range(cfg.loop_rounds):
+        before_ms = statistics.median(time_steps(bare, cfg.loop_bare_steps))
         with tempfile.TemporaryDirectory() as workdir:
             ckpts = checkpoint.Checkpoints(workdir, keep=1)
             run = loop_lib._Run(
@@ -574,7 +588,7 @@ def measure_engine_loop(cfg: Config, mesh, batch) -> dict:
         (step, row) = run.writer.rows[-1]
         assert step == 2 * n, run.writer.rows
         loop_ms = 1e3 / row["steps_per_s"]
-        after_ms = statistics.median(time_steps(bare, cfg.steps))
+        after_ms = statistics.median(time_steps(bare, cfg.loop_bare_steps))
         bare_ms = (before_ms + after_ms) / 2  # bare, loop, bare: a drift of the machine cancels
         rounds.append(
             {"bare_step_ms": bare_ms, "loop_step_ms": loop_ms, "ratio": loop_ms / bare_ms}

@@ -39,6 +39,8 @@ def train_report() -> dict:
         "--steps=1",
         "--warmup=1",
         "--loop_steps=2",
+        "--loop_rounds=1",
+        "--loop_bare_steps=1",
         "--matmul_size=8",
         "--json",
     )
@@ -112,6 +114,8 @@ def test_train_without_torch_gives_nulls():
         "--steps=1",
         "--warmup=1",
         "--loop_steps=2",
+        "--loop_rounds=1",
+        "--loop_bare_steps=1",
         "--matmul_size=4",
         "--json",
     )
