@@ -40,6 +40,7 @@ import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+import _op_progress  # experiments/_op_progress.py: the op tests' pytest plugin
 import benchmark_train as bench  # experiments/benchmark_train.py: its flags are this driver's too
 from absl import flags
 
@@ -90,10 +91,12 @@ def _check_parts(parts: list[str]) -> bool:
 flags.register_validator("parts", _check_parts)
 
 
-def subprocess_env() -> dict[str, str]:
-    """This checkout's espcn_jax first on the path of the test and sweep processes."""
+def subprocess_env(*extra: Path) -> dict[str, str]:
+    """This checkout's espcn_jax (and ``extra`` directories) first on the path of the test and
+    sweep processes."""
     path = os.environ.get("PYTHONPATH", "")
-    return dict(os.environ, PYTHONPATH=str(ROOT) + (os.pathsep + path if path else ""))
+    first = os.pathsep.join(str(p) for p in (ROOT, *extra))
+    return dict(os.environ, PYTHONPATH=first + (os.pathsep + path if path else ""))
 
 
 @contextlib.contextmanager
@@ -112,11 +115,13 @@ def _sigint_not_ignored():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def run_bounded(cmd: list[str], budget: float, **kwargs) -> tuple[int | None, str, str, float]:
+def run_bounded(
+    cmd: list[str], budget: float, grace: float = 30.0, **kwargs
+) -> tuple[int | None, str, str, float]:
     """(exit code or None when stopped at ``budget`` seconds, stdout, stderr, seconds).
 
-    At the budget the process gets SIGINT (pytest then writes what it finished) and, 30 s later,
-    SIGKILL. The child gets SIGINT's default handling even where this process ignores it.
+    At the budget the process gets SIGINT (pytest then writes what it finished) and, ``grace``
+    seconds later, SIGKILL. The child gets SIGINT's default handling even where this process ignores it.
     """
     t0 = time.perf_counter()
     with _sigint_not_ignored():
@@ -129,7 +134,7 @@ def run_bounded(cmd: list[str], budget: float, **kwargs) -> tuple[int | None, st
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)
         try:
-            out, err = proc.communicate(timeout=30)
+            out, err = proc.communicate(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
@@ -157,20 +162,39 @@ def junit_counts(path: Path) -> dict:
     return counts | {"failed_tests": failed[:20]}
 
 
+def progress_counts(path: Path) -> dict:
+    """Counts of :mod:`_op_progress` lines (``outcome nodeid``), as :func:`junit_counts`."""
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    failed = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        outcome, _, nodeid = line.partition(" ")
+        if outcome in counts:
+            counts[outcome] += 1
+            if outcome == "failed":
+                failed.append(nodeid)
+    return counts | {"failed_tests": failed[:20]}
+
+
 def check_ops(quick: bool, budget: int, tmp: Path) -> dict:
     """The op tests on the default device, within ``budget`` seconds."""
-    report = tmp / "ops.xml"
+    report, progress = tmp / "ops.xml", tmp / "ops_progress.txt"
     tests = QUICK_OP_TESTS if quick else OP_TESTS
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
-    cmd += ["-m", "not heavy", f"--junitxml={report}", *tests]
-    code, out, err, seconds = run_bounded(cmd, budget, cwd=ROOT, env=subprocess_env())
+    cmd += ["-p", "_op_progress", "-m", "not heavy", f"--junitxml={report}", *tests]
+    env = subprocess_env(HERE)
+    env[_op_progress.PROGRESS_ENV] = str(progress)
+    code, out, err, seconds = run_bounded(cmd, budget, cwd=ROOT, env=env)
     result = {"tests": list(tests), "seconds": round(seconds, 1), "exit_code": code}
     result["stopped_at_budget"] = code is None
-    if not report.exists():
+    if report.exists():
+        counts = junit_counts(report)
+    elif code is None and progress.exists():  # stopped, and pytest never got to its report
+        counts = progress_counts(progress)
+        result["report"] = "progress lines (pytest wrote no --junitxml report)"
+    else:
         why = f"stopped at --ops_budget={budget} s before " if code is None else ""
         error = f"{why}pytest wrote no report: {last_line(out + err)}"
         return result | {"ok": False, "error": error}
-    counts = junit_counts(report)
     ok = code == 0 and counts["failed"] == 0 and counts["passed"] > 0
     return result | counts | {"ok": ok}
 

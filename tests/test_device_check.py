@@ -69,3 +69,61 @@ def test_op_tests_stopped_at_the_budget_fail_the_check():
     assert lines[1].startswith("ops") and "FAILED" in lines[1] and "--ops_budget" in lines[1]
     assert "stopped at --ops_budget" in lines[1] and "wrote no report" not in lines[1], lines[1]
     assert lines[-1] == "0 of 1 parts passed"
+
+
+SLOW_TO_STOP = """
+import signal, time
+import pytest
+
+def test_a_pass():
+    pass
+
+def test_b_fail():
+    assert False
+
+def test_c_skip():
+    pytest.skip("skipped")
+
+def test_d_never_stops():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # pytest will not see the interrupt
+    time.sleep(120)
+"""
+
+
+CHECK_SLOW_TO_STOP = """
+import json, sys
+from pathlib import Path
+import device_check as dc  # experiments/ is on the path
+
+tmp = Path(sys.argv[1])
+progress = tmp / "progress.txt"
+env = dc.subprocess_env(dc.HERE)
+env[dc._op_progress.PROGRESS_ENV] = str(progress)
+cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+cmd += ["-p", "_op_progress", f"--junitxml={tmp / 'r.xml'}", str(tmp / "test_slow_to_stop.py")]
+code, _, _, seconds = dc.run_bounded(cmd, budget=8, grace=2, cwd=tmp, env=env)
+print(json.dumps({"code": code, "seconds": seconds, "junit": (tmp / "r.xml").exists(),
+                  "counts": dc.progress_counts(progress)}))
+"""
+
+
+def test_a_run_that_never_finishes_keeps_the_tests_it_finished(tmp_path):
+    """A pytest child stopped at its budget that does not exit after the interrupt (as the op
+    tests once did under load) writes no junit report; the progress plugin's lines, written as
+    each test ends, still count the tests it finished. (In a child process: device_check's absl
+    flags stay out of this one.)"""
+    (tmp_path / "test_slow_to_stop.py").write_text(SLOW_TO_STOP)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK_SLOW_TO_STOP, str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "experiments") + os.pathsep + str(ROOT)),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["code"] is None and got["seconds"] < 60 and not got["junit"]
+    assert got["counts"] == {
+        "passed": 1,
+        "failed": 1,
+        "skipped": 1,
+        "failed_tests": ["test_slow_to_stop.py::test_b_fail"],
+    }
