@@ -121,7 +121,8 @@ def run_bounded(
     """(exit code or None when stopped at ``budget`` seconds, stdout, stderr, seconds).
 
     At the budget the process gets SIGINT (pytest then writes what it finished) and, ``grace``
-    seconds later, SIGKILL. The child gets SIGINT's default handling even where this process ignores it.
+    seconds later, SIGKILL. The child gets SIGINT's default handling even where this process
+    ignores it.
     """
     t0 = time.perf_counter()
     with _sigint_not_ignored():
