@@ -179,9 +179,9 @@ def make_steps(
     def train(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def objective(params):
             sr, hr = forward(params, batch["lr"]), batch["hr"]
-            if loss_border:
-                inner = (slice(None), slice(loss_border, -loss_border))
-                sr, hr = sr[inner + inner[1:]], hr[inner + inner[1:]]
+            if loss_border:  # NHWC: the inner rows and columns
+                inner = (slice(None),) + (slice(loss_border, -loss_border),) * 2
+                sr, hr = sr[inner], hr[inner]
             return loss_fn(sr, hr)
 
         with jax.default_matmul_precision(precision):
