@@ -178,13 +178,19 @@ def progress_counts(path: Path) -> dict:
 
 def check_ops(quick: bool, budget: int, tmp: Path) -> dict:
     """The op tests on the default device, within ``budget`` seconds."""
+    return run_op_tests(QUICK_OP_TESTS if quick else OP_TESTS, budget, tmp)
+
+
+def run_op_tests(tests, budget: float, tmp: Path, cwd: Path = ROOT, grace: float = 30.0) -> dict:
+    """pytest over ``tests`` (files and pytest arguments) in ``cwd``, stopped at ``budget``
+    seconds: counts from its junit report, or, where pytest was stopped and never wrote one,
+    from the lines :mod:`_op_progress` wrote as each test ended."""
     report, progress = tmp / "ops.xml", tmp / "ops_progress.txt"
-    tests = QUICK_OP_TESTS if quick else OP_TESTS
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
     cmd += ["-p", "_op_progress", "-m", "not heavy", f"--junitxml={report}", *tests]
     env = subprocess_env(HERE)
     env[_op_progress.PROGRESS_ENV] = str(progress)
-    code, out, err, seconds = run_bounded(cmd, budget, cwd=ROOT, env=env)
+    code, out, err, seconds = run_bounded(cmd, budget, grace, cwd=cwd, env=env)
     result = {"tests": list(tests), "seconds": round(seconds, 1), "exit_code": code}
     result["stopped_at_budget"] = code is None
     if report.exists():

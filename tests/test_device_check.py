@@ -96,14 +96,8 @@ from pathlib import Path
 import device_check as dc  # experiments/ is on the path
 
 tmp = Path(sys.argv[1])
-progress = tmp / "progress.txt"
-env = dc.subprocess_env(dc.HERE)
-env[dc._op_progress.PROGRESS_ENV] = str(progress)
-cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
-cmd += ["-p", "_op_progress", f"--junitxml={tmp / 'r.xml'}", str(tmp / "test_slow_to_stop.py")]
-code, _, _, seconds = dc.run_bounded(cmd, budget=8, grace=2, cwd=tmp, env=env)
-print(json.dumps({"code": code, "seconds": seconds, "junit": (tmp / "r.xml").exists(),
-                  "counts": dc.progress_counts(progress)}))
+result = dc.run_op_tests(["test_slow_to_stop.py"], budget=8, tmp=tmp, cwd=tmp, grace=2)
+print(json.dumps({**result, "junit": (tmp / "ops.xml").exists()}))
 """
 
 
@@ -120,10 +114,13 @@ def test_a_run_that_never_finishes_keeps_the_tests_it_finished(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["code"] is None and got["seconds"] < 60 and not got["junit"]
-    assert got["counts"] == {
+    assert got["exit_code"] is None and got["stopped_at_budget"] and got["seconds"] < 60
+    assert not got["junit"] and got["report"].startswith("progress lines")
+    counts = {k: got[k] for k in ("passed", "failed", "skipped", "failed_tests")}
+    assert counts == {
         "passed": 1,
         "failed": 1,
         "skipped": 1,
         "failed_tests": ["test_slow_to_stop.py::test_b_fail"],
     }
+    assert got["ok"] is False
