@@ -92,6 +92,9 @@ def test_schedules_follow_their_formulas():
     t = (s - 100) / 900
     want = np.where(s < 100, 1e-2 * s / 100, 1e-4 + (1e-2 - 1e-4) * 0.5 * (1 + np.cos(np.pi * t)))
     np.testing.assert_allclose([cosine(int(k)) for k in s], want, rtol=1e-5)
+    linear = optim.schedule(_opt(schedule="linear", warmup_steps=100), steps)
+    want = np.where(s < 100, 1e-2 * s / 100, 1e-2 + (1e-4 - 1e-2) * t)
+    np.testing.assert_allclose([linear(int(k)) for k in s], want, rtol=1e-5)
     const = optim.schedule(_opt(schedule="constant"), steps)
     np.testing.assert_allclose([const(int(k)) for k in s], 1e-2, rtol=1e-6)
 

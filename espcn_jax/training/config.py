@@ -12,7 +12,7 @@ from etils import epath
 from espcn_jax import models, ops, storage
 
 LOSSES = ("mse", "l1")
-SCHEDULES = ("cosine", "espcn", "constant")
+SCHEDULES = ("cosine", "linear", "espcn", "constant")
 OPTIMIZERS = ("adam", "sgd")
 SAMPLERS = ("host", "device")
 CONFIG_FILE = "config.json"

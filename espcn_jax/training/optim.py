@@ -10,6 +10,7 @@ def schedule(opt: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
     """``cosine``: linear warm-up to ``lr``, cosine decay to ``final_lr`` at ``steps``;
     ``espcn``: Shi et al.'s 0.01 -> 0.0001, here a geometric decay from ``lr`` to ``final_lr``
     over the run (the paper lowers it on plateaus, which a pure function of the step cannot);
+    ``linear``: the same warm-up, then a straight line down to ``final_lr`` at ``steps``;
     ``constant``: ``lr``."""
     if opt.schedule == "constant":
         return optax.constant_schedule(opt.lr)
@@ -20,7 +21,18 @@ def schedule(opt: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
         return optax.warmup_cosine_decay_schedule(
             0.0, opt.lr, warmup, steps, end_value=opt.final_lr
         )
-    raise ValueError(f"config.opt.schedule must be cosine, espcn or constant, got {opt.schedule!r}")
+    if opt.schedule == "linear":
+        warmup = min(int(opt.warmup_steps), steps - 1)
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, opt.lr, warmup),
+                optax.linear_schedule(opt.lr, opt.final_lr, steps - warmup),
+            ],
+            [warmup],
+        )
+    raise ValueError(
+        f"config.opt.schedule must be cosine, linear, espcn or constant, got {opt.schedule!r}"
+    )
 
 
 def optimizer(opt: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:

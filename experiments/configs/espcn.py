@@ -51,9 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # initial (constant, espcn) or peak (cosine) learning rate: 1e-2 diverged in full-length runs,
     # with residual off (step ~2,500) and on (step ~7,500), though it looked best at 5,000-8,000
     o.lr = 3e-3
-    o.final_lr = 1e-5  # learning rate at the last step (espcn, cosine)
-    o.schedule = "cosine"  # cosine, espcn (geometric decay lr -> final_lr) or constant
-    o.warmup_steps = 200  # linear warm-up from 0 (cosine)
+    o.final_lr = 1e-5  # learning rate at the last step (cosine, linear, espcn)
+    o.schedule = "cosine"  # cosine, linear, espcn (geometric decay lr -> final_lr) or constant
+    o.warmup_steps = 200  # linear warm-up from 0 (cosine, linear)
     o.clip_norm = 0.0  # clip gradients to this global norm; 0: off
     o.b1 = 0.9  # Adam's beta1
     # Adam's beta2: 0.99 (Set5 x3 +0.19 dB over 0.999 at 42,000 steps, no loss spikes after step
