@@ -76,6 +76,13 @@ OPS_BUDGET = flags.DEFINE_integer(
 SWEEP_BUDGET = flags.DEFINE_integer(
     "sweep_budget", 120, "Seconds the smoke sweep may take; it is stopped then.", lower_bound=10
 )
+STOP_GRACE = flags.DEFINE_integer(
+    "stop_grace",
+    30,
+    "Seconds a part interrupted at its budget gets to finish its report before it is killed "
+    "(the op tests' finished tests are counted either way).",
+    lower_bound=1,
+)
 FLAGS = flags.FLAGS
 FLAGS.set_default("json", True)  # benchmark_train's --json; here JSON is the point
 
@@ -176,9 +183,9 @@ def progress_counts(path: Path) -> dict:
     return counts | {"failed_tests": failed[:20]}
 
 
-def check_ops(quick: bool, budget: int, tmp: Path) -> dict:
-    """The op tests on the default device, within ``budget`` seconds."""
-    return run_op_tests(QUICK_OP_TESTS if quick else OP_TESTS, budget, tmp)
+def check_ops(quick: bool, budget: int, tmp: Path, grace: float = 30.0) -> dict:
+    """The op tests on the default device, within ``budget`` seconds (``grace``: run_bounded's)."""
+    return run_op_tests(QUICK_OP_TESTS if quick else OP_TESTS, budget, tmp, grace=grace)
 
 
 def run_op_tests(tests, budget: float, tmp: Path, cwd: Path = ROOT, grace: float = 30.0) -> dict:
@@ -206,13 +213,13 @@ def run_op_tests(tests, budget: float, tmp: Path, cwd: Path = ROOT, grace: float
     return result | counts | {"ok": ok}
 
 
-def check_sweep(quick: bool, budget: int, tmp: Path) -> dict:
+def check_sweep(quick: bool, budget: int, tmp: Path, grace: float = 30.0) -> dict:
     """``sweep.py --preset=smoke`` with one seed into ``tmp``, within ``budget`` seconds."""
     workdir = tmp / "sweep"
     cmd = [sys.executable, str(HERE / "sweep.py"), "--preset=smoke", f"--workdir={workdir}"]
     cmd += ["--json", "--noprogress", "--config.seeds=(0,)"]
     cmd += list(QUICK_SWEEP_FLAGS) if quick else []
-    code, out, err, seconds = run_bounded(cmd, budget, env=subprocess_env())
+    code, out, err, seconds = run_bounded(cmd, budget, grace, env=subprocess_env())
     result = {"seconds": round(seconds, 1), "exit_code": code, "stopped_at_budget": code is None}
     try:
         summary = json.loads(out)
@@ -297,9 +304,11 @@ def device_check() -> dict:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="espcn_jax_device_check_") as tmp:
         if "ops" in parts:  # subprocesses first: a TPU has one owner at a time
-            results["ops"] = check_ops(QUICK.value, OPS_BUDGET.value, Path(tmp))
+            results["ops"] = check_ops(QUICK.value, OPS_BUDGET.value, Path(tmp), STOP_GRACE.value)
         if "sweep" in parts:
-            results["sweep"] = check_sweep(QUICK.value, SWEEP_BUDGET.value, Path(tmp))
+            results["sweep"] = check_sweep(
+                QUICK.value, SWEEP_BUDGET.value, Path(tmp), STOP_GRACE.value
+            )
     import jax
 
     from espcn_jax.timing import device_info
