@@ -62,6 +62,7 @@ OP_TESTS = (
 )
 QUICK_OP_TESTS = ("tests/test_ops.py", "-k", "jit_matches_loop or gradient_of_shuffle")
 QUICK_SWEEP_FLAGS = ("--config.families=('lr',)", "--noreport")
+GRACE_S = 30.0  # default seconds from a part's interrupt at its budget to its kill (--stop_grace)
 
 PARTS_FLAG = flags.DEFINE_list("parts", list(PARTS), f"Parts to run, of {', '.join(PARTS)}.")
 QUICK = flags.DEFINE_bool(
@@ -78,7 +79,7 @@ SWEEP_BUDGET = flags.DEFINE_integer(
 )
 STOP_GRACE = flags.DEFINE_integer(
     "stop_grace",
-    30,
+    int(GRACE_S),
     "Seconds a part interrupted at its budget gets to finish its report before it is killed "
     "(the op tests' finished tests are counted either way).",
     lower_bound=1,
@@ -123,7 +124,7 @@ def _sigint_not_ignored():
 
 
 def run_bounded(
-    cmd: list[str], budget: float, grace: float = 30.0, **kwargs
+    cmd: list[str], budget: float, grace: float = GRACE_S, **kwargs
 ) -> tuple[int | None, str, str, float]:
     """(exit code or None when stopped at ``budget`` seconds, stdout, stderr, seconds).
 
@@ -183,12 +184,12 @@ def progress_counts(path: Path) -> dict:
     return counts | {"failed_tests": failed[:20]}
 
 
-def check_ops(quick: bool, budget: int, tmp: Path, grace: float = 30.0) -> dict:
+def check_ops(quick: bool, budget: int, tmp: Path, grace: float = GRACE_S) -> dict:
     """The op tests on the default device, within ``budget`` seconds (``grace``: run_bounded's)."""
     return run_op_tests(QUICK_OP_TESTS if quick else OP_TESTS, budget, tmp, grace=grace)
 
 
-def run_op_tests(tests, budget: float, tmp: Path, cwd: Path = ROOT, grace: float = 30.0) -> dict:
+def run_op_tests(tests, budget: float, tmp: Path, cwd: Path = ROOT, grace: float = GRACE_S) -> dict:
     """pytest over ``tests`` (files and pytest arguments) in ``cwd``, stopped at ``budget``
     seconds: counts from its junit report, or, where pytest was stopped and never wrote one,
     from the lines :mod:`_op_progress` wrote as each test ended."""
@@ -213,7 +214,7 @@ def run_op_tests(tests, budget: float, tmp: Path, cwd: Path = ROOT, grace: float
     return result | counts | {"ok": ok}
 
 
-def check_sweep(quick: bool, budget: int, tmp: Path, grace: float = 30.0) -> dict:
+def check_sweep(quick: bool, budget: int, tmp: Path, grace: float = GRACE_S) -> dict:
     """``sweep.py --preset=smoke`` with one seed into ``tmp``, within ``budget`` seconds."""
     workdir = tmp / "sweep"
     cmd = [sys.executable, str(HERE / "sweep.py"), "--preset=smoke", f"--workdir={workdir}"]

@@ -16,13 +16,12 @@ def schedule(opt: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
         return optax.constant_schedule(opt.lr)
     if opt.schedule == "espcn":
         return optax.exponential_decay(opt.lr, steps, opt.final_lr / opt.lr)
+    warmup = min(int(opt.warmup_steps), steps - 1)  # cosine's and linear's
     if opt.schedule == "cosine":
-        warmup = min(int(opt.warmup_steps), steps - 1)
         return optax.warmup_cosine_decay_schedule(
             0.0, opt.lr, warmup, steps, end_value=opt.final_lr
         )
     if opt.schedule == "linear":
-        warmup = min(int(opt.warmup_steps), steps - 1)
         return optax.join_schedules(
             [
                 optax.linear_schedule(0.0, opt.lr, warmup),

@@ -9,7 +9,8 @@ microseconds per LR pixel for each shape.
 
     python experiments/probes/batch_cost.py --shapes=32x24,64x24,96x24,128x24,128x24x4
 
-Results and what they decided: BUILD_NOTES.md, "Batch shape and the step's cost per pixel".
+Results and what they decided: BUILD_NOTES.md, "More probes for the Set5 target, and the step's
+cost by batch shape".
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def micro_batched(steps: step_lib.Steps, tx, k: int):
 
     def objective(params, batch):
         sr = nnx.merge(steps.graphdef, params)(batch["lr"]).astype(jnp.float32)
-        return jnp.mean(jnp.square(sr - batch["hr"]))
+        return step_lib.LOSSES["mse"](sr, batch["hr"])
 
     def train(state, batch):
         parts = jax.tree.map(lambda x: x.reshape(k, -1, *x.shape[1:]), batch)
