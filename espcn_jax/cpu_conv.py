@@ -1,4 +1,4 @@
-"""2-D float32 convolutions on the CPU through oneDNN, as an XLA FFI custom call with a custom VJP.
+"""2-D convolutions on the CPU through oneDNN, as an XLA FFI custom call with a custom VJP.
 
 XLA:CPU (jax 0.10) lowers convolutions to YNNPACK fusions and the weight gradient to a conv with an
 image-sized window; oneDNN's forward, backward-data and backward-weights primitives (the ones
@@ -15,6 +15,11 @@ The handlers live in ``espcn_jax/onednn/conv.cc``; the package's install compile
 library is missing or does not load, :func:`available` is False (one log line says why) and
 callers use ``lax``. :func:`supports` says which convolutions this path runs; the caller falls back
 for the rest. Second derivatives are not defined (the backward custom calls have no VJP).
+
+Inputs, outputs and gradients are float32. ``operands="bfloat16"`` rounds the two operands of each
+of the three convolutions (``x`` and ``w``; ``dy`` and ``w``; ``x`` and ``dy``) to bfloat16 and
+accumulates in float32, which oneDNN runs on AVX512-BF16 / AMX hardware: the one-pass bfloat16
+arithmetic of a TPU's default precision (``jax.default_matmul_precision("bfloat16")``).
 """
 
 from __future__ import annotations
@@ -199,23 +204,56 @@ def _out_shape(x_shape, w_shape, strides, pads: Pads, dilation) -> tuple[int, ..
     return (n, sizes[0], sizes[1], o)
 
 
+OPERANDS = ("float32", "bfloat16")  # the operand dtypes the custom calls take (results: float32)
+# /proc/cpuinfo flags of CPUs that run bfloat16 convolutions natively (oneDNN's avx512_core_bf16
+# and avx512_core_amx kernels); elsewhere oneDNN emulates them, slower than float32
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 dot-product instructions (:data:`BF16_FLAGS`)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool(BF16_FLAGS & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return False
+
+
+def operands_for(precision=None) -> str:
+    """The operand dtype of a convolution traced now with ``precision`` (its ``precision``
+    argument): ``"bfloat16"`` when that is None, the ambient ``jax.default_matmul_precision`` is
+    ``"bfloat16"`` and :func:`native_bf16`; else ``"float32"``. Like XLA's own precision setting,
+    ``"bfloat16"`` asks for the fastest arithmetic at least that precise: a CPU without bfloat16
+    instructions computes in float32."""
+    ambient = jax.config.jax_default_matmul_precision
+    bf16 = precision is None and ambient == "bfloat16" and native_bf16()
+    return "bfloat16" if bf16 else "float32"
+
+
 def _call(target: str, shape, *args, **attrs):
     out = jax.ShapeDtypeStruct(shape, np.float32)
     return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args, **attrs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, w, strides, pads, dilation):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x, w, strides, pads, dilation, operands):
+    return _conv_fwd(x, w, strides, pads, dilation, operands)[0]
+
+
+def _conv_fwd(x, w, strides, pads, dilation, operands):
+    x, w = x.astype(operands), w.astype(operands)
     shape = _out_shape(x.shape, w.shape, strides, pads, dilation)
-    return _call("espcn_onednn_conv_fwd", shape, x, w, **_attrs(strides, pads, dilation))
+    y = _call("espcn_onednn_conv_fwd", shape, x, w, **_attrs(strides, pads, dilation))
+    return y, (x, w)  # the operands as the backward convolutions read them
 
 
-def _conv_fwd(x, w, strides, pads, dilation):
-    return _conv(x, w, strides, pads, dilation), (x, w)
-
-
-def _conv_bwd(strides, pads, dilation, res, dy):
+def _conv_bwd(strides, pads, dilation, operands, res, dy):
     x, w = res
+    dy = dy.astype(operands)
     attrs = _attrs(strides, pads, dilation)
     dx = _call("espcn_onednn_conv_bwd_data", x.shape, dy, w, **attrs)
     dw = _call("espcn_onednn_conv_bwd_weights", w.shape, x, dy, **attrs)
@@ -231,14 +269,18 @@ def conv(
     window_strides: Sequence[int] = (1, 1),
     padding: str | Sequence[tuple[int, int]] = "VALID",
     rhs_dilation: Sequence[int] | None = None,
+    operands: str = "float32",
 ) -> jax.Array:
     """``lax.conv_general_dilated(x, kernel, window_strides, padding, rhs_dilation=...,
     dimension_numbers=("NHWC", "HWIO", "NHWC"))`` run by oneDNN (float32; check :func:`supports`
-    and :func:`available` first)."""
+    and :func:`available` first). ``operands="bfloat16"``: each convolution's operands rounded to
+    bfloat16, float32 accumulation and results (the module docstring)."""
     ok, why = _load()
     if not ok:
         raise RuntimeError(f"oneDNN convolutions are not available: {why}")
+    if operands not in OPERANDS:
+        raise ValueError(f"operands must be one of {OPERANDS}, got {operands!r}")
     pads = explicit_padding(x_NHWC, kernel_HWIO, window_strides, padding, rhs_dilation)
     strides = tuple(int(s) for s in window_strides)
     dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
-    return _conv(x_NHWC, kernel_HWIO, strides, pads, dilation)
+    return _conv(x_NHWC, kernel_HWIO, strides, pads, dilation, operands)

@@ -19,6 +19,7 @@ Features: ``hr`` (uint8 ``(H, W, 3)``, PNG: lossless, so the stored array is the
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 from pathlib import Path
@@ -95,6 +96,25 @@ class SkimagePhotos(tfds.core.GeneratorBasedBuilder):
             yield name, {"hr": data.as_rgb(data.load_image(photo_path(name))), "name": name}
 
 
+@contextlib.contextmanager
+def _build_lock(data_dir: str | os.PathLike):
+    """Holds an exclusive lock on ``data_dir/skimage_photos.lock`` (a local ``data_dir``), so that
+    processes starting together build the set once: the others wait, then find it prepared.
+    (Two first runs building at once used to fail in TFDS's final rename.) A remote
+    ``data_dir`` (``gs://``) is not locked."""
+    path = os.fspath(data_dir)
+    if "://" in path:
+        yield
+        return
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "skimage_photos.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def prepare(data_dir: str | os.PathLike) -> SkimagePhotos:
     """The builder over ``data_dir``, built there from the bundled files if not yet (no network).
 
@@ -104,7 +124,7 @@ def prepare(data_dir: str | os.PathLike) -> SkimagePhotos:
     """
     data.import_tf()
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), data.quiet_tfds():
+    with _build_lock(data_dir), contextlib.redirect_stdout(printed), data.quiet_tfds():
         builder = SkimagePhotos(data_dir=os.fspath(data_dir))  # warns when the folder is new
         if not builder.is_prepared():
             builder.download_and_prepare(

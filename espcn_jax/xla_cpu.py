@@ -181,8 +181,11 @@ class OnednnConv:
 
     fallback: Callable = lax.conv_general_dilated
     mesh: Mesh | None = None
-    # A conv reading one channel (ESPCN's first layer) stays with XLA: oneDNN's weight gradient
-    # for it took 4.0 ms vs XLA's 0.8 (1 -> 64, 5x5, B16 32x32; benchmark_train.py's pieces).
+    # A float32 conv reading one channel (ESPCN's first layer) stays with XLA: oneDNN's weight
+    # gradient for it took 4.0 ms vs XLA's 0.8 (1 -> 64, 5x5, B16 32x32; benchmark_train.py's
+    # pieces, an AMD EPYC). With bfloat16 operands every conv goes to oneDNN: the whole 1 -> 64
+    # layer (B64 24x24, forward and both gradients) took 2.35 ms there against XLA's 8.17 (an
+    # Intel Xeon with AMX; BUILD_NOTES, "bfloat16 convolutions").
     min_in_channels: int = ONEDNN_MIN_IN_CHANNELS
 
     def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -192,10 +195,11 @@ class OnednnConv:
         groups = (feature_group_count, batch_group_count)
         mesh = self.mesh if self.mesh is not None else jax.sharding.get_abstract_mesh()
         mesh = None if mesh.empty else mesh
+        operands = cpu_conv.operands_for(precision)
         fast = (
             cpu_conv.supports(*args, *groups, preferred_element_type, out_sharding)
             and (mesh is None or lhs.shape[0] % mesh.size == 0)
-            and rhs.shape[-2] >= self.min_in_channels
+            and (operands == "bfloat16" or rhs.shape[-2] >= self.min_in_channels)
             and cpu_conv.available()
         )
         if not fast:
@@ -204,7 +208,7 @@ class OnednnConv:
                                  out_sharding=out_sharding)  # fmt: skip
 
         def conv(x, w):
-            return cpu_conv.conv(x, w, window_strides, padding, rhs_dilation)
+            return cpu_conv.conv(x, w, window_strides, padding, rhs_dilation, operands)
 
         if mesh is None:
             return conv(lhs, rhs)

@@ -144,6 +144,29 @@ def test_first_build_prints_nothing_and_restores_logging(tmp_path, capfd):
     assert ([lg.level for lg in loggers], tqdm_utils._active) == before
 
 
+def test_processes_building_the_set_at_once_all_succeed(tmp_path):
+    """Two first runs starting together (a study's parallel workers, two probes) build the set
+    once: the second waits on the build lock and finds it prepared (they used to race in TFDS's
+    final rename: FileExistsError)."""
+    code = (
+        "import sys; from espcn_jax import skimage_photos; "
+        "b = skimage_photos.prepare(sys.argv[1]); print(b.info.splits['train'].num_examples)"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+        assert out.strip() == str(len(skimage_photos.TRAIN))
+
+
 @pytest.mark.parametrize("split", ["train", "validation"])
 def test_skimage_source_is_offline_and_equals_the_bundled_files(skimage_tfds_dir, split):
     attempts: list = []

@@ -86,6 +86,112 @@ def test_forward_and_gradients_match_lax(case):
         np.testing.assert_allclose(f, r, rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
+needs_bf16 = pytest.mark.skipif(
+    not cpu_conv.native_bf16(),
+    reason="this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16)",
+)
+
+
+def _bf16(a):
+    return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+@needs_library
+@needs_bf16
+@settings(max_examples=15)
+@given(conv_cases())
+def test_bfloat16_operands_match_lax_on_rounded_operands(case):
+    """``operands="bfloat16"``: each of the three convolutions equals float32 lax (at "highest")
+    on its two operands rounded to bfloat16 (x and w; dy and w; x and dy): bfloat16 products are
+    exact in float32, so only the summation order differs."""
+    (x_shape, (kh, kw)), cout, strides, padding, dilation, seed = case
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((kh, kw, x_shape[-1], cout)), jnp.float32)
+    y_ref = _reference(x, w, strides, padding, dilation)
+    g = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
+    with jax.default_matmul_precision("highest"):
+        ref = _value_and_grads(
+            lambda a, b: _reference(a, b, strides, padding, dilation), _bf16(x), _bf16(w), _bf16(g)
+        )
+    fast = jax.jit(
+        lambda a, b, c: _value_and_grads(
+            lambda p, q: cpu_conv.conv(p, q, strides, padding, dilation, "bfloat16"), a, b, c
+        )
+    )(x, w, g)
+    plain = _value_and_grads(lambda a, b: _reference(a, b, strides, padding, dilation), x, w, g)
+    for name, r, f, p in zip(("y", "dx", "dw"), ref, fast, plain, strict=True):
+        assert f.shape == r.shape and f.dtype == jnp.float32, name
+        scale = float(jnp.max(jnp.abs(r))) or 1.0
+        np.testing.assert_allclose(f, r, rtol=0, atol=1e-5 * scale, err_msg=name)
+        # and it is the rounded arithmetic, not float32's (a random case rounds somewhere)
+        if r.size > 8:
+            assert float(jnp.max(jnp.abs(f - p))) > 1e-5 * scale, name
+
+
+@needs_library
+@pytest.mark.parametrize("operands", ["float16", "int8"])
+def test_bad_operands_are_refused(operands):
+    x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+    with pytest.raises(ValueError, match=f"operands must be one of .*got '{operands}'"):
+        cpu_conv.conv(x, w, (1, 1), "SAME", operands=operands)
+
+
+@needs_library
+def test_custom_call_refuses_mixed_operand_dtypes():
+    """The C++ handler checks what it is given: float32 x with bfloat16 w is an error, not a
+    misread buffer."""
+    x, w = jnp.ones((1, 4, 4, 2), jnp.float32), jnp.ones((3, 3, 2, 2), jnp.bfloat16)
+    attrs = cpu_conv._attrs((1, 1), ((1, 1), (1, 1)), (1, 1))
+    with pytest.raises(Exception, match="both float32 or both bfloat16"):
+        jax.block_until_ready(cpu_conv._call("espcn_onednn_conv_fwd", (1, 4, 4, 2), x, w, **attrs))
+
+
+def _hook_hlo(precision_ctx, cin: int = 4, precision=None) -> str:
+    x = jnp.ones((2, 8, 8, cin), jnp.float32)
+    w = jnp.ones((3, 3, cin, 4), jnp.float32)
+
+    def loss(a, b):
+        conv = xla_cpu.OnednnConv()
+        y = conv(a, b, (1, 1), "SAME", dimension_numbers=DN, precision=precision)
+        return jnp.sum(y * y)
+
+    with jax.default_matmul_precision(precision_ctx):
+        return jax.jit(jax.grad(loss, (0, 1))).lower(x, w).as_text()
+
+
+def _custom_call_operand_types(hlo: str) -> set[str]:
+    lines = [line for line in hlo.splitlines() if "espcn_onednn_conv" in line]
+    assert len(lines) == 3, hlo  # forward, backward data, backward weights
+    return {"bf16" if "bf16" in line.split("espcn_onednn_conv")[1] else "f32" for line in lines}
+
+
+@needs_library
+@needs_bf16
+@pytest.mark.parametrize("cin", [1, 4])
+def test_bfloat16_precision_routes_every_conv_with_bfloat16_operands(cin):
+    """Under ``jax.default_matmul_precision("bfloat16")`` the hook gives the custom calls
+    bfloat16 operands, a 1-channel conv included (oneDNN's bfloat16 kernel beats XLA there);
+    under "default" and "highest", or with an explicit ``precision``, they stay float32."""
+    assert _custom_call_operand_types(_hook_hlo("bfloat16", cin)) == {"bf16"}
+    assert _custom_call_operand_types(_hook_hlo("bfloat16", 4, lax.Precision.HIGHEST)) == {"f32"}
+    for ctx in ("default", "highest"):
+        assert "bf16" not in _hook_hlo(ctx, 4)
+
+
+def test_bfloat16_precision_without_bfloat16_instructions_is_float32(monkeypatch):
+    """A CPU without bfloat16 instructions would emulate them, slower than float32: there
+    "bfloat16" (like XLA's precision, a floor) computes float32."""
+    monkeypatch.setattr(cpu_conv, "native_bf16", lambda: False)
+    with jax.default_matmul_precision("bfloat16"):
+        assert cpu_conv.operands_for(None) == "float32"
+    monkeypatch.setattr(cpu_conv, "native_bf16", lambda: True)
+    with jax.default_matmul_precision("bfloat16"):
+        assert cpu_conv.operands_for(None) == "bfloat16"
+        assert cpu_conv.operands_for(lax.Precision.DEFAULT) == "float32"
+    assert cpu_conv.operands_for(None) == "float32"
+
+
 @needs_library
 def test_hook_runs_the_custom_call_and_matches_lax():
     """``OnednnConv`` with nnx.Conv's call signature: the jitted HLO holds the custom calls."""

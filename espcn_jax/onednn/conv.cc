@@ -1,4 +1,5 @@
-// XLA FFI handlers running a 2-D float32 convolution and its two gradients with oneDNN.
+// XLA FFI handlers running a 2-D convolution and its two gradients with oneDNN: float32 operands,
+// or bfloat16 operands (both the same) with float32 accumulation; results are float32 either way.
 //
 // Layouts are JAX's: activations NHWC, weights HWIO (oneDNN's `nhwc` and `hwio` tags); the
 // weights (a few KB) are reordered to the layout oneDNN's kernel wants, the activations are not. oneDNN primitives are slow to create, so each is built once
@@ -35,15 +36,22 @@ namespace {
 
 using Dims = dnnl::memory::dims;
 using Tag = dnnl::memory::format_tag;
+using DataType = dnnl::memory::data_type;
 using F32Buffer = ffi::Buffer<ffi::F32, 4>;
 using F32Result = ffi::ResultBuffer<ffi::F32, 4>;
 
 struct Geometry {
   Dims x, w, y;  // oneDNN's logical orders: NCHW, OIHW, NCHW
   Dims strides, pad_l, pad_r, dilates;
+  DataType operands = DataType::f32;  // of the two inputs (f32 or bf16); results are f32
+
+  // The data type of each argument: the inputs are `operands`, the result f32.
+  DataType X(int kind) const;
+  DataType W(int kind) const { return kind == 2 ? DataType::f32 : operands; }
+  DataType Y(int kind) const { return kind == 0 ? DataType::f32 : operands; }
 
   std::string Key(int kind) const {
-    std::string k = std::to_string(kind);
+    std::string k = std::to_string(kind) + "," + std::to_string(static_cast<int>(operands));
     for (const Dims* d : {&x, &w, &y, &strides, &pad_l, &pad_r, &dilates})
       for (auto v : *d) k += "," + std::to_string(v);
     return k;
@@ -65,18 +73,22 @@ dnnl::primitive_attr Attr() {
   return attr;
 }
 
-dnnl::memory::desc Act(const Dims& d) { return {d, dnnl::memory::data_type::f32, Tag::nhwc}; }
-dnnl::memory::desc Hwio(const Dims& d) { return {d, dnnl::memory::data_type::f32, Tag::hwio}; }
-dnnl::memory::desc AnyWeights(const Dims& d) {
-  return {d, dnnl::memory::data_type::f32, Tag::any};
-}
+dnnl::memory::desc Act(const Dims& d, DataType t) { return {d, t, Tag::nhwc}; }
+dnnl::memory::desc Hwio(const Dims& d, DataType t) { return {d, t, Tag::hwio}; }
+dnnl::memory::desc AnyWeights(const Dims& d, DataType t) { return {d, t, Tag::any}; }
+
+enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+DataType Geometry::X(int kind) const { return kind == kBackwardData ? DataType::f32 : operands; }
 
 // The weights take the layout oneDNN's fastest kernel wants (blocked; `hwio` sends it to a slow
-// GEMM path for the backward passes); a cached reorder converts from/to JAX's HWIO.
-dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+// GEMM path for the backward passes); a cached reorder converts from/to JAX's HWIO. `kind` sets
+// the data types of the descriptor (the backward primitives need a forward one as a hint).
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, int kind) {
   return dnnl::convolution_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, Act(g.x),
-      AnyWeights(g.w), Act(g.y), g.strides, g.dilates, g.pad_l, g.pad_r, Attr());
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      Act(g.x, g.operands), AnyWeights(g.w, g.operands), Act(g.y, g.Y(kind)), g.strides,
+      g.dilates, g.pad_l, g.pad_r, Attr());
 }
 
 struct Cached {
@@ -87,30 +99,30 @@ struct Cached {
   dnnl::primitive weights_reorder;
 };
 
-enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
-
 Cached Build(int kind, const Geometry& g) {
   auto& e = Engine();
-  auto fwd = ForwardDesc(g);
+  auto fwd = ForwardDesc(g, kind);
+  auto x = Act(g.x, g.X(kind)), w = AnyWeights(g.w, g.W(kind)), y = Act(g.y, g.Y(kind));
   Cached c;
   if (kind == kForward) {
     c = {dnnl::convolution_forward(fwd), fwd.scratchpad_desc(), fwd.weights_desc()};
   } else if (kind == kBackwardData) {
-    dnnl::convolution_backward_data::primitive_desc pd(
-        e, dnnl::algorithm::convolution_direct, Act(g.x), AnyWeights(g.w), Act(g.y), g.strides,
-        g.dilates, g.pad_l, g.pad_r, fwd, Attr());
+    dnnl::convolution_backward_data::primitive_desc pd(e, dnnl::algorithm::convolution_direct, x,
+                                                       w, y, g.strides, g.dilates, g.pad_l,
+                                                       g.pad_r, fwd, Attr());
     c = {dnnl::convolution_backward_data(pd), pd.scratchpad_desc(), pd.weights_desc()};
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
-        e, dnnl::algorithm::convolution_direct, Act(g.x), AnyWeights(g.w), Act(g.y), g.strides,
-        g.dilates, g.pad_l, g.pad_r, fwd, Attr());
+        e, dnnl::algorithm::convolution_direct, x, w, y, g.strides, g.dilates, g.pad_l, g.pad_r,
+        fwd, Attr());
     c = {dnnl::convolution_backward_weights(pd), pd.scratchpad_desc(), pd.diff_weights_desc()};
   }
-  c.reorder = c.weights != Hwio(g.w);
+  auto hwio = Hwio(g.w, g.W(kind));
+  c.reorder = c.weights != hwio;
   if (c.reorder) {
     c.weights_reorder = kind == kBackwardWeights
-                            ? dnnl::reorder(dnnl::reorder::primitive_desc(e, c.weights, e, Hwio(g.w)))
-                            : dnnl::reorder(dnnl::reorder::primitive_desc(e, Hwio(g.w), e, c.weights));
+                            ? dnnl::reorder(dnnl::reorder::primitive_desc(e, c.weights, e, hwio))
+                            : dnnl::reorder(dnnl::reorder::primitive_desc(e, hwio, e, c.weights));
   }
   return c;
 }
@@ -127,10 +139,25 @@ const Cached& Lookup(int kind, const Geometry& g) {
 }
 
 Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
-                      ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
-                      int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+                      ffi::Span<const int64_t> y, DataType operands, int64_t sh, int64_t sw,
+                      int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
   // oneDNN counts dilation from 0 (0 = dense), JAX from 1.
-  return Geometry{Nchw(x), Oihw(w), Nchw(y), {sh, sw}, {pt, pl}, {pb, pr}, {dh - 1, dw - 1}};
+  return Geometry{Nchw(x),    Oihw(w),    Nchw(y),  {sh, sw},
+                  {pt, pl},   {pb, pr},   {dh - 1, dw - 1}, operands};
+}
+
+// The oneDNN data type of two input buffers, which must be both float32 or both bfloat16.
+bool Operands(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b, DataType* type) {
+  if (a.element_type() != b.element_type()) return false;
+  if (a.element_type() == ffi::DataType::F32) *type = DataType::f32;
+  else if (a.element_type() == ffi::DataType::BF16) *type = DataType::bf16;
+  else return false;
+  return true;
+}
+
+ffi::Error BadOperands() {
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                    "oneDNN conv: operands must be both float32 or both bfloat16");
 }
 
 std::string RunHere(int kind, const Geometry& g, void* x, void* w, void* y);
@@ -211,7 +238,8 @@ std::string RunHere(int kind, const Geometry& g, void* x, void* w, void* y) {
     const Cached& c = Lookup(kind, g);
     auto& e = Engine();
     dnnl::stream stream(e);
-    dnnl::memory xm(Act(g.x), e, x), ym(Act(g.y), e, y), hwio(Hwio(g.w), e, w);
+    dnnl::memory xm(Act(g.x, g.X(kind)), e, x), ym(Act(g.y, g.Y(kind)), e, y),
+        hwio(Hwio(g.w, g.W(kind)), e, w);
     thread_local std::vector<char> scratch_bytes, weight_bytes;
     if (scratch_bytes.size() < c.scratch.get_size()) scratch_bytes.resize(c.scratch.get_size());
     dnnl::memory sm(c.scratch, e, scratch_bytes.data());
@@ -240,25 +268,32 @@ std::string RunHere(int kind, const Geometry& g, void* x, void* w, void* y) {
   return "";
 }
 
-ffi::Error Forward(F32Buffer x, F32Buffer w, F32Result y, int64_t sh, int64_t sw, int64_t pt,
-                   int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
-  auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr,
-                        dh, dw);
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, F32Result y, int64_t sh, int64_t sw,
+                   int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
+  DataType operands;
+  if (!Operands(x, w, &operands)) return BadOperands();
+  auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), operands, sh, sw,
+                        pt, pb, pl, pr, dh, dw);
   return Run(kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
 }
 
-ffi::Error BackwardData(F32Buffer dy, F32Buffer w, F32Result dx, int64_t sh, int64_t sw,
-                        int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
-  auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr,
-                        dh, dw);
+ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, F32Result dx, int64_t sh,
+                        int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh,
+                        int64_t dw) {
+  DataType operands;
+  if (!Operands(dy, w, &operands)) return BadOperands();
+  auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), operands, sh,
+                        sw, pt, pb, pl, pr, dh, dw);
   return Run(kBackwardData, g, dx->untyped_data(), w.untyped_data(), dy.untyped_data());
 }
 
-ffi::Error BackwardWeights(F32Buffer x, F32Buffer dy, F32Result dw_out, int64_t sh, int64_t sw,
-                           int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh,
+ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, F32Result dw_out, int64_t sh,
+                           int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh,
                            int64_t dw) {
-  auto g = MakeGeometry(x.dimensions(), dw_out->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
-                        pr, dh, dw);
+  DataType operands;
+  if (!Operands(x, dy, &operands)) return BadOperands();
+  auto g = MakeGeometry(x.dimensions(), dw_out->dimensions(), dy.dimensions(), operands,
+                        sh, sw, pt, pb, pl, pr, dh, dw);
   return Run(kBackwardWeights, g, x.untyped_data(), dw_out->untyped_data(), dy.untyped_data());
 }
 
@@ -270,13 +305,13 @@ ffi::Error BackwardWeights(F32Buffer x, F32Buffer dy, F32Result dw_out, int64_t 
       .Attr<int64_t>("dilation_h").Attr<int64_t>("dilation_w")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(EspcnOnednnConvFwd, Forward,
-                              ffi::Ffi::Bind().Arg<F32Buffer>().Arg<F32Buffer>().Ret<F32Buffer>()
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<F32Buffer>()
                                   ESPCN_CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(EspcnOnednnConvBwdData, BackwardData,
-                              ffi::Ffi::Bind().Arg<F32Buffer>().Arg<F32Buffer>().Ret<F32Buffer>()
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<F32Buffer>()
                                   ESPCN_CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(EspcnOnednnConvBwdWeights, BackwardWeights,
-                              ffi::Ffi::Bind().Arg<F32Buffer>().Arg<F32Buffer>().Ret<F32Buffer>()
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<F32Buffer>()
                                   ESPCN_CONV_ATTRS);
 
 // The oneDNN version this library was built against, for the run-time check and logs.

@@ -17,7 +17,7 @@ OPTIMIZERS = ("adam", "sgd")
 SAMPLERS = ("host", "device")
 CONFIG_FILE = "config.json"
 # config.train.precision: jax.default_matmul_precision while the train step is traced.
-PRECISIONS = ("default", "high", "highest")
+PRECISIONS = ("default", "high", "highest", "bfloat16")
 # Fields added after runs were written: their value in a config.json that lacks them (the
 # behaviour those runs had), so that older run directories still restore and resume.
 BACKFILL = {"train.precision": "default", "train.loss_border": 0}
