@@ -98,6 +98,8 @@ NOTES = {
     "jax_minimal_step_ms": "the smallest equivalent jitted optax step (donated, loss only)",
     "torch_step_ms": "PyTorch: zero_grad, forward, F.mse_loss, backward, Adam.step (null "
     "without torch)",
+    "torch_bf16_step_ms": "the same PyTorch step with its forward under torch.autocast(bfloat16) "
+    "(null without torch or a CPU with bfloat16 instructions); the onednn_bf16 route's peer",
     "speedup_vs_torch": "torch_step_ms / jax_step_ms (target >= 1.3)",
     "gflops_per_s": "analytic forward FLOPs (flops.model_cost, per image x batch) x (1 + "
     "backward_factor) / jax_step_ms",
@@ -189,7 +191,9 @@ class Stepper:
         return metrics
 
 
-def engine_stepper(cfg: Config, mesh, batch, onednn_convs: bool = True) -> tuple[Stepper, float]:
+def engine_stepper(
+    cfg: Config, mesh, batch, onednn_convs: bool = True, precision: str = "default"
+) -> tuple[Stepper, float]:
     steps = step_lib.make_steps(
         model_config(cfg),
         optax.adam(cfg.lr),
@@ -197,6 +201,7 @@ def engine_stepper(cfg: Config, mesh, batch, onednn_convs: bool = True) -> tuple
         mesh=mesh,
         loss="mse",
         onednn_convs=onednn_convs,
+        precision=precision,
     )
     state = steps.init()
     batch = jax.device_put(batch, step_lib.batch_sharding(mesh))
@@ -227,8 +232,10 @@ def minimal_stepper(cfg: Config, batch) -> Stepper:
     return Stepper(jax.jit(train, donate_argnums=0), init(params), jax.device_put(batch))
 
 
-def torch_stepper(cfg: Config, batch, device: str = "cpu"):
+def torch_stepper(cfg: Config, batch, device: str = "cpu", bf16: bool = False):
     """The same step in PyTorch on ``device`` ("cpu", "cuda"), or None without torch.
+    ``bf16``: the forward and backward under ``torch.autocast(device, torch.bfloat16)`` (bfloat16
+    convolutions; float32 parameters, loss and Adam), PyTorch's mixed precision.
 
     On CUDA each step ends in ``torch.cuda.synchronize()``, as each JAX step is blocked on.
     """
@@ -260,7 +267,9 @@ def torch_stepper(cfg: Config, batch, device: str = "cpu"):
 
         def step(self, _=None):
             opt.zero_grad(set_to_none=True)
-            loss = nn.functional.mse_loss(net(lr), hr)
+            with torch.autocast(device.split(":")[0], torch.bfloat16, enabled=bf16):
+                sr = net(lr)
+            loss = nn.functional.mse_loss(sr.float(), hr)
             loss.backward()
             opt.step()
             sync()
@@ -320,6 +329,9 @@ ROUTE = "route:"  # prefix of the route steppers among the timed ones
 ROUTE_NOTES = {
     "lax": "the engine step with XLA's own convolutions (make_steps(onednn_convs=False))",
     "onednn": "the engine step with oneDNN custom-call convolutions (xla_cpu.use_onednn_convs)",
+    "onednn_bf16": "onednn with bfloat16 operands and float32 accumulation (make_steps("
+    "precision='bfloat16'), on CPUs with bfloat16 instructions: changes the arithmetic; "
+    "speedup_vs_torch_bf16 compares it with PyTorch under bfloat16 autocast",
     "lax_scan4": f"lax, {SCAN_K} steps per dispatch (lax.scan over {SCAN_K} batches), per step",
     "onednn_scan4": f"onednn, {SCAN_K} steps per dispatch (lax.scan over {SCAN_K} batches), per step",
     "xla_no_ynn": "lax in a child process with XLA_FLAGS="
@@ -331,6 +343,12 @@ ROUTE_NOTES = {
 def default_route() -> str:
     """The route ``make_steps`` takes here by default (``jax_step_ms`` times it)."""
     return "onednn" if cpu_conv.available() else "lax"
+
+
+def bf16_route() -> bool:
+    """Whether the ``onednn_bf16`` route runs here (the library, a CPU with bfloat16
+    instructions)."""
+    return cpu_conv.available() and cpu_conv.native_bf16()
 
 
 class ScanStepper:
@@ -401,6 +419,8 @@ def route_steppers(cfg: Config, mesh, batch, lax_engine: Stepper | None) -> dict
         if onednn and default_route() != "onednn":
             continue
         out[f"{name}_scan4"] = ScanStepper(engine_stepper(cfg, mesh, batch, onednn)[0])
+    if bf16_route():
+        out["onednn_bf16"] = engine_stepper(cfg, mesh, batch, precision="bfloat16")[0]
     for name, xla_flags in XLA_FLAG_ROUTES.items():
         out[name] = ChildStepper(cfg, xla_flags)
     return {ROUTE + k: v for k, v in out.items()}
@@ -417,7 +437,11 @@ def route_report(timed: dict) -> dict:
     for name, key in names.items():
         rounds = timed[key]["rounds"]
         step_ms = statistics.median(rounds)
-        out[name] = {
+        if name.endswith("_bf16") and "torch_bf16" in timed:
+            out.setdefault(name, {})["speedup_vs_torch_bf16"] = (
+                statistics.median(timed["torch_bf16"]["rounds"]) / step_ms
+            )
+        out[name] = out.get(name, {}) | {
             "step_ms": step_ms,
             "speedup_vs_torch": statistics.median(torch_rounds) / step_ms if torch_rounds else None,
             "speedup_vs_torch_paired": statistics.median(
@@ -452,6 +476,8 @@ def piece_steppers(cfg: Config) -> dict:
     }
     if cpu_conv.available():
         routes["onednn"] = lambda x, w: cpu_conv.conv(x, w, (1, 1), "SAME")
+    if bf16_route():
+        routes["onednn_bf16"] = lambda x, w: cpu_conv.conv(x, w, (1, 1), "SAME", None, "bfloat16")
     try:
         import torch
     except ImportError:
@@ -656,6 +682,8 @@ def benchmark(cfg: Config) -> dict:
     torch_step = torch_stepper(cfg, batch) if FLAGS.torch else None
     if torch_step is not None:
         steppers["torch"] = torch_step
+        if FLAGS.routes and bf16_route():
+            steppers["torch_bf16"] = torch_stepper(cfg, batch, bf16=True)
     steppers["matmul"] = matmul_stepper(cfg)
     if FLAGS.routes:
         steppers |= route_steppers(cfg, mesh, batch, lax_engine)
@@ -684,6 +712,7 @@ def benchmark(cfg: Config) -> dict:
         "jax_step_ms": ms["jax"],
         "jax_minimal_step_ms": ms["jax_minimal"],
         "torch_step_ms": ms.get("torch"),
+        "torch_bf16_step_ms": ms.get("torch_bf16"),
         "speedup_vs_torch": speedup,
         "speedup_vs_torch_paired": statistics.median(paired) if paired else None,
         "speedup_vs_torch_best": timed["torch"]["best"] / timed["jax"]["best"]
@@ -705,6 +734,7 @@ def benchmark(cfg: Config) -> dict:
         "meets_loop_target": engine_loop["loop_overhead"] <= 1 + LOOP_TARGET,
         "engine_loop_rounds": engine_loop["engine_loop_rounds"],
         "default_route": default_route(),
+        "bf16_instructions": cpu_conv.native_bf16(),
         "onednn": cpu_conv.library_info(),
         "routes": routes,
         "pieces": pieces,
@@ -731,6 +761,8 @@ def print_table(report: dict) -> None:
     for name, route in r["routes"].items():
         vs = route["speedup_vs_torch"]
         vs = "" if vs is None else f"  speedup {vs:.2f}x"
+        if route.get("speedup_vs_torch_bf16") is not None:
+            vs += f" ({route['speedup_vs_torch_bf16']:.2f}x PyTorch bfloat16)"
         print(f"  {name:14s}{route['step_ms']:8.2f} ms{vs}")
     for layer, by_route in (r["pieces"] or {}).items():
         cells = "  ".join(

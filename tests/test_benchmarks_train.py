@@ -85,9 +85,11 @@ def test_train_routes_side_by_side(train_report):
     default = result["default_route"]
     assert default == ("onednn" if result["onednn"]["loaded"] else "lax")
     assert routes[default]["step_ms"] == result["jax_step_ms"]
+    loaded, bf16 = result["onednn"]["loaded"], result["bf16_instructions"]
     expected = {"lax", "lax_scan4", "xla_no_ynn"} | (
-        {"onednn", "onednn_scan4"} if result["onednn"]["loaded"] else set()
+        {"onednn", "onednn_scan4"} if loaded else set()
     )
+    expected |= {"onednn_bf16"} if loaded and bf16 else set()
     assert set(routes) == expected
     for name, route in routes.items():
         assert _positive(route["step_ms"]) and len(route["round_medians_ms"]) == 1, name
@@ -95,10 +97,18 @@ def test_train_routes_side_by_side(train_report):
             assert route["speedup_vs_torch"] == pytest.approx(
                 result["torch_step_ms"] / route["step_ms"]
             )
+    if "onednn_bf16" in routes and result["torch_step_ms"] is not None:
+        # its peer: PyTorch under bfloat16 autocast, timed in the same rounds
+        assert routes["onednn_bf16"]["speedup_vs_torch_bf16"] == pytest.approx(
+            result["torch_bf16_step_ms"] / routes["onednn_bf16"]["step_ms"]
+        )
+    else:
+        assert result["torch_bf16_step_ms"] is None
     layers = result["pieces"]
     assert list(layers) == ["1->64 5x5", "64->32 3x3", "32->9 3x3"]  # ESPCN x3 Y
     for by_route in layers.values():
         assert set(by_route["lax"]) == {"forward", "dx", "dw"}
+        assert ("onednn_bf16" in by_route) == ("onednn_bf16" in routes)
         assert all(_positive(ms) for p in by_route.values() for ms in p.values())
 
 

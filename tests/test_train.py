@@ -171,6 +171,32 @@ def test_train_step_is_traced_at_the_configured_precision(precision):
     assert _conv_precisions(jaxpr) == {str((want, want))}
 
 
+def test_bfloat16_precision_gives_the_cpu_convs_bfloat16_operands():
+    """``precision="bfloat16"``: on a CPU with bfloat16 instructions and the oneDNN library,
+    every conv of the step (the 1-channel first one too) is a custom call on bfloat16 operands
+    (forward and both gradients); elsewhere the lax convs carry one-pass bfloat16 precision
+    (``Precision.DEFAULT``), which XLA:CPU computes in float32."""
+    from espcn_jax import cpu_conv
+
+    cfg = models.ModelConfig(family="lr", scale=2, depth=2, widths=4)
+    steps = step_lib.make_steps(
+        cfg, optax.adam(1e-3), seed=0, mesh=step_lib.make_mesh(), precision="bfloat16"
+    )
+    batch = {"lr": np.zeros((2, 4, 4, 1), np.float32), "hr": np.zeros((2, 8, 8, 1), np.float32)}
+    state = steps.init()
+    if cpu_conv.available() and cpu_conv.native_bf16():
+        hlo = steps.train.lower(state, batch).as_text()
+        calls = [line for line in hlo.splitlines() if "espcn_onednn_conv" in line]
+        assert len(calls) == 2 * 3, hlo  # two conv layers x (forward, dx, dw)
+        assert all("bf16" in line.split("espcn_onednn_conv")[1] for line in calls)
+    else:
+        jaxpr = steps.train.trace(state, batch).jaxpr.jaxpr
+        want = jax.lax.Precision.DEFAULT
+        assert _conv_precisions(jaxpr) == {str((want, want))}
+    _, metrics = steps.train(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+
+
 def test_precision_is_validated_and_backfilled(tmp_path):
     from _train_child import smoke_config
 

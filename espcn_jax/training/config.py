@@ -20,7 +20,12 @@ CONFIG_FILE = "config.json"
 PRECISIONS = ("default", "high", "highest", "bfloat16")
 # Fields added after runs were written: their value in a config.json that lacks them (the
 # behaviour those runs had), so that older run directories still restore and resume.
-BACKFILL = {"train.precision": "default", "train.loss_border": 0}
+BACKFILL = {
+    "train.precision": "default",
+    "train.loss_border": 0,
+    "train.tail_steps": 0,
+    "train.tail_precision": "default",
+}
 # Fields that may change when a run is resumed: they do not change the parameters it computes.
 RESUMABLE_FIELDS = (
     "eval",
@@ -66,6 +71,16 @@ def precision(config: ml_collections.ConfigDict) -> str:
     return config.train.get("precision", BACKFILL["train.precision"])
 
 
+def tail(config: ml_collections.ConfigDict) -> tuple[int, str]:
+    """``(config.train.tail_steps, config.train.tail_precision)``: the last steps of the run and
+    the precision they are traced at (``(0, "default")`` in configs written before the fields)."""
+    t = config.train
+    return (
+        t.get("tail_steps", BACKFILL["train.tail_steps"]),
+        t.get("tail_precision", BACKFILL["train.tail_precision"]),
+    )
+
+
 def loss_border(config: ml_collections.ConfigDict) -> int:
     """``config.train.loss_border`` (0 in configs written before the field existed)."""
     return config.train.get("loss_border", BACKFILL["train.loss_border"])
@@ -94,6 +109,20 @@ def check(config: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     if precision(config) not in PRECISIONS:
         raise ValueError(
             f"config.train.precision must be one of {PRECISIONS}, got {precision(config)!r}"
+        )
+    tail_steps, tail_precision = tail(config)
+    if (
+        not isinstance(tail_steps, int)
+        or isinstance(tail_steps, bool)
+        or not 0 <= tail_steps <= t.steps
+    ):
+        raise ValueError(
+            f"config.train.tail_steps must be an integer from 0 to config.train.steps "
+            f"({t.steps}), got {tail_steps!r}"
+        )
+    if tail_precision not in PRECISIONS:
+        raise ValueError(
+            f"config.train.tail_precision must be one of {PRECISIONS}, got {tail_precision!r}"
         )
     if t.loss not in LOSSES:
         raise ValueError(f"config.train.loss must be one of {LOSSES}, got {t.loss!r}")

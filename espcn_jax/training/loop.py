@@ -72,8 +72,18 @@ def _build(config: ml_collections.ConfigDict, mesh=None, feed=None):
         batch_fn=None if feed is None else feed.make_batch,
         inputs_sharding=None if feed is None else feed.inputs_sharding,
         precision=cfg_lib.precision(config),
+        tail_precision=_tail_precision(config),
     )
     return model_cfg, mesh, steps
+
+
+def _tail_precision(config: ml_collections.ConfigDict) -> str | None:
+    """The precision of the run's last ``config.train.tail_steps`` steps, where they have one of
+    their own (None: every step at ``config.train.precision``)."""
+    tail_steps, tail_precision = cfg_lib.tail(config)
+    if tail_steps == 0 or tail_precision == cfg_lib.precision(config):
+        return None
+    return tail_precision
 
 
 def _abstract(steps: step_lib.Steps):
@@ -229,6 +239,8 @@ def _log_backend(config: ml_collections.ConfigDict) -> None:
     backend = jax.default_backend()
     line = f"backend {backend} ({jax.local_devices()[0].device_kind}), train precision "
     line += cfg_lib.precision(config)
+    if _tail_precision(config) is not None:
+        line += f" ({_tail_precision(config)} for the last {cfg_lib.tail(config)[0]} steps)"
     if backend == "gpu":
         on = "--xla_gpu_deterministic_ops=true" in os.environ.get("XLA_FLAGS", "")
         line += f", deterministic GPU ops {'on' if on else 'OFF: runs may differ in the last bits'}"
@@ -382,9 +394,11 @@ def _train(run: _Run, state, meta: dict, flops_per_step: float):
             )
         return host
 
+    tail_from = total - cfg_lib.tail(config)[0] if steps.train_logged_tail else total
     with _catch_signals() as signals:
         for s in range(start, total):
-            state, log = steps.train_logged(state, log, next(batches))
+            step_fn = steps.train_logged_tail if s >= tail_from else steps.train_logged
+            state, log = step_fn(state, log, next(batches))
             done = s + 1
             stop = signals.stop(done)
             log_now = done % t.log_every_steps == 0 or done == total

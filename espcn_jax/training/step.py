@@ -10,6 +10,7 @@ gradient all-reduce; the same code runs on one device, N host devices or a TPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -124,6 +125,8 @@ class Steps:
     train_logged: Callable | None = None
     new_log: Callable | None = None
     new_window: Callable | None = None
+    # train_logged traced at make_steps(tail_precision=...) (None: not asked for)
+    train_logged_tail: Callable | None = None
 
     def model(self, params: nnx.State) -> nnx.Module:
         return nnx.merge(self.graphdef, params)
@@ -142,6 +145,7 @@ def make_steps(
     inputs_sharding: Any = None,
     precision: str = "default",
     onednn_convs: bool = True,
+    tail_precision: str | None = None,
 ) -> Steps:
     """The jitted steps of ``model_cfg``. ``precision`` (``config.train.precision``) is the
     ``jax.default_matmul_precision`` under which the train step is traced: lax resolves a conv's or
@@ -157,7 +161,10 @@ def make_steps(
     reached, as SRCNN's valid convolutions did; the evaluation step always scores whole images.
 
     ``onednn_convs``: on the CPU backend, run the convs as oneDNN custom calls where the library
-    was built (``xla_cpu.use_onednn_convs``); False, or elsewhere, plain ``lax``."""
+    was built (``xla_cpu.use_onednn_convs``); False, or elsewhere, plain ``lax``.
+
+    ``tail_precision``: also compile ``train_logged_tail``, the same step traced at that
+    precision, for the last steps of a run (``config.train.tail_steps``); the state is shared."""
     loss_fn = LOSSES[loss]
 
     def build(seed_: int) -> nnx.Module:
@@ -176,7 +183,7 @@ def make_steps(
     def forward(params, lr_NHWC):
         return nnx.merge(graphdef, params)(lr_NHWC).astype(jnp.float32)
 
-    def train(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train(state: TrainState, batch: dict, precision: str = precision):
         def objective(params):
             sr, hr = forward(params, batch["lr"]), batch["hr"]
             if loss_border:  # NHWC: the inner rows and columns
@@ -198,16 +205,24 @@ def make_steps(
         mse = jnp.mean(jnp.square(jnp.clip(sr, 0, 1) - batch["hr"]))
         return {"loss": loss_fn(sr, batch["hr"]), "psnr": -10 * jnp.log10(mse)}
 
-    def train_on_inputs(state: TrainState, inputs) -> tuple[TrainState, dict]:
-        return train(state, inputs if batch_fn is None else batch_fn(inputs))
+    def train_on_inputs(state: TrainState, inputs, precision: str = precision):
+        return train(state, inputs if batch_fn is None else batch_fn(inputs), precision)
 
-    def train_logged(state: TrainState, log: dict, inputs) -> tuple[TrainState, dict]:
-        state, metrics = train_on_inputs(state, inputs)
+    def train_logged(state: TrainState, log: dict, inputs, precision: str = precision):
+        state, metrics = train_on_inputs(state, inputs, precision)
         return state, accumulate(log, metrics, state.step, all_finite(state.params))
 
     params_sh = state_shardings.params
     rep = replicated(mesh)
     inputs_sh = data if batch_fn is None else inputs_sharding
+
+    def jit_logged(precision_: str) -> Callable:
+        return jax.jit(
+            functools.partial(train_logged, precision=precision_),
+            in_shardings=(state_shardings, rep, inputs_sh),
+            out_shardings=(state_shardings, rep),
+            donate_argnums=(0, 1),
+        )
 
     return Steps(
         graphdef=graphdef,
@@ -221,12 +236,8 @@ def make_steps(
         evaluate=jax.jit(evaluate, in_shardings=(params_sh, data), out_shardings=rep),
         predict=jax.jit(forward),
         state_shardings=state_shardings,
-        train_logged=jax.jit(
-            train_logged,
-            in_shardings=(state_shardings, rep, inputs_sh),
-            out_shardings=(state_shardings, rep),
-            donate_argnums=(0, 1),
-        ),
+        train_logged=jit_logged(precision),
         new_log=jax.jit(new_log, out_shardings=rep),
         new_window=jax.jit(new_window, in_shardings=rep, out_shardings=rep, donate_argnums=0),
+        train_logged_tail=None if tail_precision is None else jit_logged(tail_precision),
     )

@@ -76,6 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # matmul/conv precision of the train step: default (XLA's: one-pass bfloat16 on TPU, TF32 on
     # recent NVIDIA GPUs, float32 on CPU), high, or highest (full float32 everywhere)
     t.precision = "default"
+    # the last tail_steps steps are traced at tail_precision instead (0: none)
+    t.tail_steps = 0
+    t.tail_precision = "default"
     t.log_every_steps = 500  # metrics.jsonl / TensorBoard / log line interval
     t.checkpoint_every_steps = 2_000  # checkpoint interval (and one at the end)
     t.keep_checkpoints = 3  # checkpoints kept on disk

@@ -30,6 +30,9 @@ from espcn_jax.training import step as step_lib
 
 flags.DEFINE_list("shapes", ["32x24", "64x24", "128x24", "128x24x4"], "BxP or BxPxK shapes.")
 flags.DEFINE_integer("steps", 0, "Timed steps per shape (0: about 6,000 patches' worth).")
+flags.DEFINE_enum(
+    "precision", "default", ["default", "bfloat16"], "The train step's precision (make_steps)."
+)
 FLAGS = flags.FLAGS
 SCALE = 3
 
@@ -63,7 +66,9 @@ def time_shape(spec: str, mesh) -> dict:
     b, p, *k = (int(x) for x in spec.split("x"))
     tx = optax.adam(1e-3)
     model_cfg = models.ModelConfig.espcn(scale=SCALE, channels=1)
-    steps = step_lib.make_steps(model_cfg, tx, seed=0, mesh=mesh, loss="mse")
+    steps = step_lib.make_steps(
+        model_cfg, tx, seed=0, mesh=mesh, loss="mse", precision=FLAGS.precision
+    )
     train = micro_batched(steps, tx, k[0]) if k else steps.train
     rng = np.random.default_rng(0)
     batch = {
