@@ -35,7 +35,7 @@ def smoke_config(data_dir, **overrides):
 
 def kill_at_train_call(n: int, signum: int = signal.SIGKILL, after=None, slow_s: float = 0.0):
     """Patches ``step.make_steps`` so that the loop's train call ``n`` (1-based, of
-    ``Steps.train_logged``) first sends ``signum`` to this process (once the path ``after`` exists,
+    ``Steps.train_logged`` and ``train_logged_tail`` together) first sends ``signum`` to this process (once the path ``after`` exists,
     if given: a checkpoint the asynchronous save is writing); from then on every call first sleeps
     ``slow_s`` seconds (a slower host, in tests/_multihost_child.py)."""
     from espcn_jax.training import step as step_lib
@@ -46,19 +46,27 @@ def kill_at_train_call(n: int, signum: int = signal.SIGKILL, after=None, slow_s:
         steps = make(*args, **kwargs)
         calls = [0]
 
-        def train_logged(state, log, batch):
-            calls[0] += 1
-            if calls[0] == n:
-                for _ in range(600):
-                    if after is None or pathlib.Path(after).exists():
-                        break
-                    time.sleep(0.1)
-                os.kill(os.getpid(), signum)
-            if calls[0] >= n and slow_s:
-                time.sleep(slow_s)
-            return steps.train_logged(state, log, batch)
+        def wrap(fn):
+            def counted(state, log, batch):
+                calls[0] += 1
+                if calls[0] == n:
+                    for _ in range(600):
+                        if after is None or pathlib.Path(after).exists():
+                            break
+                        time.sleep(0.1)
+                    os.kill(os.getpid(), signum)
+                if calls[0] >= n and slow_s:
+                    time.sleep(slow_s)
+                return fn(state, log, batch)
 
-        return dataclasses.replace(steps, train_logged=train_logged)
+            return counted
+
+        tail = steps.train_logged_tail
+        return dataclasses.replace(
+            steps,
+            train_logged=wrap(steps.train_logged),
+            train_logged_tail=None if tail is None else wrap(tail),
+        )
 
     step_lib.make_steps = patched
 

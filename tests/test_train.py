@@ -187,7 +187,8 @@ def test_bfloat16_precision_gives_the_cpu_convs_bfloat16_operands():
     if cpu_conv.available() and cpu_conv.native_bf16():
         hlo = steps.train.lower(state, batch).as_text()
         calls = [line for line in hlo.splitlines() if "espcn_onednn_conv" in line]
-        assert len(calls) == 2 * 3, hlo  # two conv layers x (forward, dx, dw)
+        # two conv layers x (forward, dx, dw), but the first layer's dx: the input needs none
+        assert len(calls) == 2 * 3 - 1, hlo
         assert all("bf16" in line.split("espcn_onednn_conv")[1] for line in calls)
     else:
         jaxpr = steps.train.trace(state, batch).jaxpr.jaxpr
@@ -217,6 +218,65 @@ def test_precision_is_validated_and_backfilled(tmp_path):
     config.train.precision = "highest"
     with pytest.raises(ValueError, match="differs in train.precision"):
         cfg_lib.check_workdir_config(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("tail_steps", -1, "tail_steps must be an integer from 0 to config.train.steps"),
+        ("tail_steps", 9, r"tail_steps must be an integer from 0 to config.train.steps \(8\)"),
+        ("tail_steps", True, "tail_steps must be an integer"),
+        ("tail_precision", "tf32", "tail_precision must be one of"),
+    ],
+)
+def test_tail_is_validated(tmp_path, field, value, match):
+    from _train_child import smoke_config
+
+    from espcn_jax.training import config as cfg_lib
+
+    config = smoke_config(tmp_path)
+    config.train[field] = value
+    with pytest.raises(ValueError, match=match):
+        cfg_lib.check(config)
+
+
+def test_tail_is_backfilled(tmp_path):
+    """A run directory written before the tail fields restores and resumes with no tail."""
+    from _train_child import smoke_config
+
+    from espcn_jax.training import config as cfg_lib
+
+    config = smoke_config(tmp_path)
+    old = json.loads(cfg_lib.to_json(config))
+    del old["train"]["tail_steps"], old["train"]["tail_precision"]
+    (tmp_path / cfg_lib.CONFIG_FILE).write_text(json.dumps(old))
+    assert cfg_lib.tail(cfg_lib.load(tmp_path)) == (0, "default")
+    cfg_lib.check_workdir_config(config, tmp_path)
+    config.train.tail_steps = 2
+    with pytest.raises(ValueError, match="differs in train.tail_steps"):
+        cfg_lib.check_workdir_config(config, tmp_path)
+
+
+def test_tail_step_is_traced_at_the_tail_precision():
+    """make_steps(tail_precision=) compiles a second logged step at that precision; the first
+    keeps ``precision``."""
+    cfg = models.ModelConfig(family="lr", scale=2, depth=2, widths=4)
+    steps = step_lib.make_steps(
+        cfg, optax.adam(1e-3), seed=0, mesh=step_lib.make_mesh(), precision="default",
+        tail_precision="highest", onednn_convs=False,
+    )  # fmt: skip
+    batch = {"lr": np.zeros((2, 4, 4, 1), np.float32), "hr": np.zeros((2, 8, 8, 1), np.float32)}
+    state, log = steps.init(), steps.new_log()
+    for fn, want in ((steps.train_logged, "DEFAULT"), (steps.train_logged_tail, "HIGHEST")):
+        jaxpr = fn.trace(state, log, batch).jaxpr.jaxpr
+        p = getattr(jax.lax.Precision, want)
+        assert _conv_precisions(jaxpr) == {str((p, p))}, want
+    assert (
+        step_lib.make_steps(
+            cfg, optax.adam(1e-3), seed=0, mesh=step_lib.make_mesh()
+        ).train_logged_tail
+        is None
+    )
 
 
 @pytest.mark.parametrize("b1, b2", [(0.9, 0.999), (0.9, 0.99), (0.8, 0.95)])

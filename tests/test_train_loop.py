@@ -5,6 +5,7 @@ corrupt checkpoints, restore from the run directory alone, no recompilation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -146,6 +147,51 @@ def test_sigterm_saves_and_resumes_exactly(reference, data_dir, tmp_path):
     training.train_and_evaluate(smoke_config(data_dir), tmp_path)  # the same command again
     _assert_same_params(_params(tmp_path), _params(reference))
     assert [r["step"] for r in _rows(tmp_path) if "loss" in r] == [2, 4, 6, 8]
+
+
+def test_tail_steps_run_the_tail_step_and_resume_exactly(reference, data_dir, tmp_path):
+    """``train.tail_steps=3``: steps 6-8 of 8 run the step traced at ``tail_precision`` (float32
+    "highest" here, which equals "default" on the CPU: the parameters equal the reference's); a
+    SIGTERM inside the tail resumes into the tail step and ends with the same parameters."""
+    overrides = {"train.tail_steps": 3, "train.tail_precision": "highest"}
+    made, make = [], step_lib.make_steps
+    counts = {"train_logged": 0, "train_logged_tail": 0}
+
+    def counting(*args, **kwargs):
+        steps = make(*args, **kwargs)
+
+        def wrap(name):
+            fn = getattr(steps, name)
+
+            def counted(*a):
+                counts[name] += 1
+                return fn(*a)
+
+            return counted
+
+        made.append(steps)
+        return dataclasses.replace(
+            steps, train_logged=wrap("train_logged"), train_logged_tail=wrap("train_logged_tail")
+        )
+
+    step_lib.make_steps = counting
+    try:
+        training.train_and_evaluate(smoke_config(data_dir, **overrides), tmp_path / "whole")
+    finally:
+        step_lib.make_steps = make
+    assert counts == {"train_logged": 5, "train_logged_tail": 3}
+    _assert_same_params(_params(tmp_path / "whole"), _params(reference))
+
+    kill_at_train_call(7, signal.SIGTERM)  # step 7: inside the tail
+    try:
+        with pytest.raises(training.Interrupted, match="SIGTERM at step 7"):
+            training.train_and_evaluate(smoke_config(data_dir, **overrides), tmp_path / "cut")
+    finally:
+        import importlib
+
+        importlib.reload(step_lib)
+    training.train_and_evaluate(smoke_config(data_dir, **overrides), tmp_path / "cut")
+    _assert_same_params(_params(tmp_path / "cut"), _params(tmp_path / "whole"), atol=0)
 
 
 def _child(workdir, data_dir, mode) -> subprocess.CompletedProcess:

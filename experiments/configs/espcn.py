@@ -49,8 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.opt = o = ml_collections.ConfigDict()
     o.optimizer = "adam"  # adam or sgd (momentum 0.9)
     # initial (constant, espcn) or peak (cosine) learning rate: 1e-2 diverged in full-length runs,
-    # with residual off (step ~2,500) and on (step ~7,500), though it looked best at 5,000-8,000
-    o.lr = 3e-3
+    # with residual off (step ~2,500) and on (step ~7,500), though it looked best at 5,000-8,000;
+    # at 52,000 bfloat16 steps 2e-3 gave Set5 x3 32.312 dB, 3e-3 32.296 (BUILD_NOTES, "bfloat16
+    # convolutions")
+    o.lr = 2e-3
     o.final_lr = 1e-5  # learning rate at the last step (cosine, linear, espcn)
     o.schedule = "cosine"  # cosine, linear, espcn (geometric decay lr -> final_lr) or constant
     o.warmup_steps = 200  # linear warm-up from 0 (cosine, linear)
@@ -61,10 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.b2 = 0.99
 
     config.train = t = ml_collections.ConfigDict()
-    # optimizer steps (13 min here at 30 steps/s) and patches per step (global, over every device):
-    # in the same time, batch 64 gave Set5 x3 +0.035 dB over 32 (the same patches) and +0.17 over
-    # 16 (BUILD_NOTES, "Batch size for the default run")
-    t.steps = 24_000
+    # optimizer steps (12.7-14.7 min here at 58-74 steps/s with bfloat16 convolutions) and patches
+    # per step (global, over every device): in the same time, batch 64 gave Set5 x3 +0.035 dB over
+    # 32 (the same patches) and +0.17 over 16 (BUILD_NOTES, "Batch size for the default run")
+    t.steps = 52_000
     t.batch_size = 64
     t.patch = 24  # LR patch side (HR patch: scale * patch)
     t.seed = 0  # parameters and the batch of every step follow from it
@@ -74,8 +76,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 1.0 dB of validation PSNR at 10,000 steps here: whole images need the edge outputs trained)
     t.loss_border = 0
     # matmul/conv precision of the train step: default (XLA's: one-pass bfloat16 on TPU, TF32 on
-    # recent NVIDIA GPUs, float32 on CPU), high, or highest (full float32 everywhere)
-    t.precision = "default"
+    # recent NVIDIA GPUs, float32 on CPU), high, highest (full float32 everywhere), or bfloat16
+    # (one bfloat16 pass everywhere: on a CPU with AVX512-BF16/AMX the oneDNN convs take bfloat16
+    # operands, float32 accumulation; elsewhere on a CPU float32). bfloat16 ran the step 1.5x
+    # faster here and, at 2.2x the steps in about the same time, raised Set5 x3 from 32.265 to
+    # 32.312 dB (BUILD_NOTES, "bfloat16 convolutions")
+    t.precision = "bfloat16"
     # the last tail_steps steps are traced at tail_precision instead (0: none)
     t.tail_steps = 0
     t.tail_precision = "default"
@@ -92,6 +98,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # the host sampler: the engine's tests exercise that path (the device sampler has its
         # own, tests/test_device_sampler.py)
         m.depth, m.widths, d.sampler = 2, (8,), "host"
+        # float32: the engine's tests compare runs exactly on any CPU (the bfloat16 path has its
+        # own, tests/test_fast_conv.py and tests/test_train.py)
+        t.precision = "default"
         o.lr, o.warmup_steps = 1e-2, 0
         t.steps, t.batch_size, t.patch = 8, 4, 8
         t.log_every_steps, t.checkpoint_every_steps, t.keep_checkpoints = 2, 4, 2

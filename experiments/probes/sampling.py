@@ -7,8 +7,9 @@ Prints one JSON line per run (stdout); progress on stderr.
 
     python experiments/probes/sampling.py --steps=3000 --seeds=0,1 --extra_eval=DIR > runs.jsonl
 
-Results and the decision they led to: notes/found.md. ``score`` wraps the [0, 1] model for the
-evaluation API of the time, which fed [0, 255]; adapt it if ``evaluate`` takes [0, 1] models.
+Results and the decision they led to: BUILD_NOTES.md, "Patch sampling: what we measured and
+chose". ``score`` wraps the [0, 1] model for the evaluation API of the time, which fed [0, 255];
+adapt it if ``evaluate`` takes [0, 1] models.
 """
 
 from __future__ import annotations
