@@ -205,8 +205,9 @@ def _out_shape(x_shape, w_shape, strides, pads: Pads, dilation) -> tuple[int, ..
 
 
 OPERANDS = ("float32", "bfloat16")  # the operand dtypes the custom calls take (results: float32)
-# /proc/cpuinfo flags of CPUs that run bfloat16 convolutions natively (oneDNN's avx512_core_bf16
-# and avx512_core_amx kernels); elsewhere oneDNN emulates them, slower than float32
+# /proc/cpuinfo flags of CPUs with bfloat16 dot-product instructions (oneDNN's avx512_core_bf16
+# and avx512_core_amx kernels): the only CPUs where bfloat16 operands are used, and where their
+# speed was measured (BUILD_NOTES.md, "bfloat16 convolutions")
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 

@@ -2,9 +2,10 @@
 // or bfloat16 operands (both the same) with float32 accumulation; results are float32 either way.
 //
 // Layouts are JAX's: activations NHWC, weights HWIO (oneDNN's `nhwc` and `hwio` tags); the
-// weights (a few KB) are reordered to the layout oneDNN's kernel wants, the activations are not. oneDNN primitives are slow to create, so each is built once
-// per (kind, shapes, strides, padding, dilation) and cached; executing a cached primitive from
-// several threads is allowed, but every call runs on one executor thread (see Executor).
+// weights (a few KB) are reordered to the layout oneDNN's kernel wants, the activations are not.
+// oneDNN primitives are slow to create, so each is built once per (kind, operand type, shapes,
+// strides, padding, dilation) and cached; executing a cached primitive from several threads is
+// allowed, but every call runs on one executor thread (see Executor).
 //
 //   espcn_onednn_conv_fwd          (x[N,H,W,I], w[KH,KW,I,O])  -> y[N,OH,OW,O]
 //   espcn_onednn_conv_bwd_data     (dy[N,OH,OW,O], w)          -> dx[N,H,W,I]
@@ -40,15 +41,18 @@ using DataType = dnnl::memory::data_type;
 using F32Buffer = ffi::Buffer<ffi::F32, 4>;
 using F32Result = ffi::ResultBuffer<ffi::F32, 4>;
 
+enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
 struct Geometry {
   Dims x, w, y;  // oneDNN's logical orders: NCHW, OIHW, NCHW
   Dims strides, pad_l, pad_r, dilates;
   DataType operands = DataType::f32;  // of the two inputs (f32 or bf16); results are f32
 
-  // The data type of each argument: the inputs are `operands`, the result f32.
-  DataType X(int kind) const;
-  DataType W(int kind) const { return kind == 2 ? DataType::f32 : operands; }
-  DataType Y(int kind) const { return kind == 0 ? DataType::f32 : operands; }
+  // The data type of x, w and y for a primitive of `kind`: its two inputs are `operands`, its
+  // result (y forward, x backward-data, w backward-weights) f32.
+  DataType X(int kind) const { return kind == kBackwardData ? DataType::f32 : operands; }
+  DataType W(int kind) const { return kind == kBackwardWeights ? DataType::f32 : operands; }
+  DataType Y(int kind) const { return kind == kForward ? DataType::f32 : operands; }
 
   std::string Key(int kind) const {
     std::string k = std::to_string(kind) + "," + std::to_string(static_cast<int>(operands));
@@ -76,10 +80,6 @@ dnnl::primitive_attr Attr() {
 dnnl::memory::desc Act(const Dims& d, DataType t) { return {d, t, Tag::nhwc}; }
 dnnl::memory::desc Hwio(const Dims& d, DataType t) { return {d, t, Tag::hwio}; }
 dnnl::memory::desc AnyWeights(const Dims& d, DataType t) { return {d, t, Tag::any}; }
-
-enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
-
-DataType Geometry::X(int kind) const { return kind == kBackwardData ? DataType::f32 : operands; }
 
 // The weights take the layout oneDNN's fastest kernel wants (blocked; `hwio` sends it to a slow
 // GEMM path for the backward passes); a cached reorder converts from/to JAX's HWIO. `kind` sets
@@ -142,8 +142,8 @@ Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
                       ffi::Span<const int64_t> y, DataType operands, int64_t sh, int64_t sw,
                       int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
   // oneDNN counts dilation from 0 (0 = dense), JAX from 1.
-  return Geometry{Nchw(x),    Oihw(w),    Nchw(y),  {sh, sw},
-                  {pt, pl},   {pb, pr},   {dh - 1, dw - 1}, operands};
+  return Geometry{Nchw(x),  Oihw(w),  Nchw(y),          {sh, sw},
+                  {pt, pl}, {pb, pr}, {dh - 1, dw - 1}, operands};
 }
 
 // The oneDNN data type of two input buffers, which must be both float32 or both bfloat16.
@@ -304,15 +304,13 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, F32Result dw_out
       .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")     \
       .Attr<int64_t>("dilation_h").Attr<int64_t>("dilation_w")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(EspcnOnednnConvFwd, Forward,
-                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<F32Buffer>()
-                                  ESPCN_CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(EspcnOnednnConvBwdData, BackwardData,
-                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<F32Buffer>()
-                                  ESPCN_CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(EspcnOnednnConvBwdWeights, BackwardWeights,
-                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<F32Buffer>()
-                                  ESPCN_CONV_ATTRS);
+// Two inputs (float32 or bfloat16, checked by the handler), one float32 result, the attributes.
+#define ESPCN_CONV_BINDING \
+  ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<F32Buffer>() ESPCN_CONV_ATTRS
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EspcnOnednnConvFwd, Forward, ESPCN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EspcnOnednnConvBwdData, BackwardData, ESPCN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EspcnOnednnConvBwdWeights, BackwardWeights, ESPCN_CONV_BINDING);
 
 // The oneDNN version this library was built against, for the run-time check and logs.
 extern "C" int espcn_onednn_version() {
