@@ -15,7 +15,9 @@ the Y channel, MSE loss, Adam, one batch of ``--batch`` LR patches of ``--patch`
 Routes (issue 14: every way of running the step that was tried, timed in the same interleaved
 rounds; ``routes`` in the report): ``lax`` (XLA's own convolutions), ``onednn`` (the convolutions
 as oneDNN custom calls, ``xla_cpu.use_onednn_convs``; the CPU default where the library was
-built), ``*_scan4`` (4 steps per dispatch, ``lax.scan`` over 4 batches), ``xla_no_ynn`` (XLA's
+built), ``onednn_bf16`` (the same with bfloat16 operands, ``make_steps(precision="bfloat16")``,
+on CPUs with bfloat16 instructions; compared with PyTorch under bfloat16 autocast too),
+``*_scan4`` (4 steps per dispatch, ``lax.scan`` over 4 batches), ``xla_no_ynn`` (XLA's
 convolutions with its YNNPACK fusions off, an XLA flag read at backend start, so timed in a child
 process). ``pieces`` times the ESPCN convolutions one by one (forward, input and weight
 gradients) for lax, oneDNN and PyTorch: where each route's time goes.
@@ -99,7 +101,8 @@ NOTES = {
     "torch_step_ms": "PyTorch: zero_grad, forward, F.mse_loss, backward, Adam.step (null "
     "without torch)",
     "torch_bf16_step_ms": "the same PyTorch step with its forward under torch.autocast(bfloat16) "
-    "(null without torch or a CPU with bfloat16 instructions); the onednn_bf16 route's peer",
+    "(null without torch, with --noroutes, or on a CPU without bfloat16 instructions); the "
+    "onednn_bf16 route's peer",
     "speedup_vs_torch": "torch_step_ms / jax_step_ms (target >= 1.3)",
     "gflops_per_s": "analytic forward FLOPs (flops.model_cost, per image x batch) x (1 + "
     "backward_factor) / jax_step_ms",
@@ -437,11 +440,7 @@ def route_report(timed: dict) -> dict:
     for name, key in names.items():
         rounds = timed[key]["rounds"]
         step_ms = statistics.median(rounds)
-        if name.endswith("_bf16") and "torch_bf16" in timed:
-            out.setdefault(name, {})["speedup_vs_torch_bf16"] = (
-                statistics.median(timed["torch_bf16"]["rounds"]) / step_ms
-            )
-        out[name] = out.get(name, {}) | {
+        out[name] = {
             "step_ms": step_ms,
             "speedup_vs_torch": statistics.median(torch_rounds) / step_ms if torch_rounds else None,
             "speedup_vs_torch_paired": statistics.median(
@@ -452,6 +451,9 @@ def route_report(timed: dict) -> dict:
             "round_medians_ms": rounds,
             "what": ROUTE_NOTES.get(name, name),
         }
+        if name.endswith("_bf16") and "torch_bf16" in timed:
+            torch_bf16 = statistics.median(timed["torch_bf16"]["rounds"])
+            out[name]["speedup_vs_torch_bf16"] = torch_bf16 / step_ms
     return out
 
 

@@ -90,14 +90,25 @@ def expand_preset(argv: list[str]) -> list[str]:
     return [argv[0], f"--config={SWEEP_CONFIG}:{name}", *argv[1:]]  # before --config.x overrides
 
 
+# The study's train-step precision unless its sweep config sets engine.train.precision: float32
+# (XLA's "default"), what the published studies trained at. The default training run's
+# "bfloat16" is not inherited. Set here, not in the sweep config, so that sweeps' setting hashes
+# (and so the point ids of existing work directories) stay as they were.
+STUDY_PRECISION = "default"
+
+
 def engine_config(preset: str | None):
-    """The training engine's ``experiments/configs/espcn.py`` ``get_config(preset)``."""
+    """The training engine's ``experiments/configs/espcn.py`` ``get_config(preset)``, with
+    ``train.precision`` set to :data:`STUDY_PRECISION` (the sweep's ``engine`` overrides apply
+    after it)."""
     spec = importlib.util.spec_from_file_location("espcn_engine_config", ENGINE_CONFIG)
     if spec is None or not ENGINE_CONFIG.exists():
         raise ValueError(f"training config {ENGINE_CONFIG} not found")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(preset) if preset else module.get_config()
+    config = module.get_config(preset) if preset else module.get_config()
+    config.train.precision = STUDY_PRECISION
+    return config
 
 
 def check_config(sweep) -> None:

@@ -32,6 +32,8 @@ def test_tiny_sweep_end_to_end_then_rerun_skips_everything(tmp_path):
     for r in records:
         assert r["eval_set"] == val and r["psnr"] == r["eval"][val]["psnr"]
         assert r["train_steps"] == 8 and r["config"]["train"]["steps"] == 8
+        # float32, as the published studies: the default run's bfloat16 is not inherited
+        assert r["precision"] == r["config"]["train"]["precision"] == "default"
         assert r["flops_xla"] > 0 and r["params"] > 0
         assert r["latency_ms"] is None and r["throughput"] is None  # latency.json times them
         assert r["rf_match"] == "none" and r["lr"] == 3e-3 and r["steps"] == 8

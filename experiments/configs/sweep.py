@@ -109,9 +109,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Adam's second-moment decay, pinned: the published studies (docs/results/) trained with
     # 0.999; the default training run (experiments/configs/espcn.py) has used 0.99 since
     c.engine.opt.b2 = 0.999
-    # the train step's precision, pinned likewise: the published studies ran float32 on the CPU;
-    # the default training run uses bfloat16 convolutions where the CPU has them
-    c.engine.train.precision = "default"
 
     c.eval = ml_collections.ConfigDict()
     # validation sets: "skimage:validation", "folder:DIR" (e.g. Set5), "tfds:NAME" (its
