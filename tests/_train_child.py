@@ -34,10 +34,11 @@ def smoke_config(data_dir, **overrides):
 
 
 def kill_at_train_call(n: int, signum: int = signal.SIGKILL, after=None, slow_s: float = 0.0):
-    """Patches ``step.make_steps`` so that the loop's train call ``n`` (1-based, of
-    ``Steps.train_logged`` and ``train_logged_tail`` together) first sends ``signum`` to this process (once the path ``after`` exists,
-    if given: a checkpoint the asynchronous save is writing); from then on every call first sleeps
-    ``slow_s`` seconds (a slower host, in tests/_multihost_child.py)."""
+    """Patches ``step.make_steps`` so that the loop's train call ``n`` (1-based, counting
+    ``Steps.train_logged`` and ``train_logged_tail`` together) first sends ``signum`` to this
+    process (once the path ``after`` exists, if given: a checkpoint the asynchronous save is
+    writing); from then on every call first sleeps ``slow_s`` seconds (a slower host, in
+    tests/_multihost_child.py)."""
     from espcn_jax.training import step as step_lib
 
     make = step_lib.make_steps

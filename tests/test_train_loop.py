@@ -154,7 +154,7 @@ def test_tail_steps_run_the_tail_step_and_resume_exactly(reference, data_dir, tm
     "highest" here, which equals "default" on the CPU: the parameters equal the reference's); a
     SIGTERM inside the tail resumes into the tail step and ends with the same parameters."""
     overrides = {"train.tail_steps": 3, "train.tail_precision": "highest"}
-    made, make = [], step_lib.make_steps
+    make = step_lib.make_steps
     counts = {"train_logged": 0, "train_logged_tail": 0}
 
     def counting(*args, **kwargs):
@@ -169,7 +169,6 @@ def test_tail_steps_run_the_tail_step_and_resume_exactly(reference, data_dir, tm
 
             return counted
 
-        made.append(steps)
         return dataclasses.replace(
             steps, train_logged=wrap("train_logged"), train_logged_tail=wrap("train_logged_tail")
         )
