@@ -64,16 +64,22 @@ def conv_cases(draw):
     return shapes, draw(st.integers(1, 6)), strides, padding, dilation, draw(st.integers(0, 2**31))
 
 
-@needs_library
-@settings(max_examples=15)
-@given(conv_cases())
-def test_forward_and_gradients_match_lax(case):
+def _case_arrays(case):
+    """A :func:`conv_cases` draw as ``(x, w, cotangent), (strides, padding, dilation)``."""
     (x_shape, (kh, kw)), cout, strides, padding, dilation, seed = case
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
     w = jnp.asarray(rng.standard_normal((kh, kw, x_shape[-1], cout)), jnp.float32)
     y_ref = _reference(x, w, strides, padding, dilation)
     g = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
+    return (x, w, g), (strides, padding, dilation)
+
+
+@needs_library
+@settings(max_examples=15)
+@given(conv_cases())
+def test_forward_and_gradients_match_lax(case):
+    (x, w, g), (strides, padding, dilation) = _case_arrays(case)
     ref = _value_and_grads(lambda a, b: _reference(a, b, strides, padding, dilation), x, w, g)
     fast = jax.jit(
         lambda a, b, c: _value_and_grads(
@@ -104,12 +110,7 @@ def test_bfloat16_operands_match_lax_on_rounded_operands(case):
     """``operands="bfloat16"``: each of the three convolutions equals float32 lax (at "highest")
     on its two operands rounded to bfloat16 (x and w; dy and w; x and dy): bfloat16 products are
     exact in float32, so only the summation order differs."""
-    (x_shape, (kh, kw)), cout, strides, padding, dilation, seed = case
-    rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((kh, kw, x_shape[-1], cout)), jnp.float32)
-    y_ref = _reference(x, w, strides, padding, dilation)
-    g = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
+    (x, w, g), (strides, padding, dilation) = _case_arrays(case)
     with jax.default_matmul_precision("highest"):
         ref = _value_and_grads(
             lambda a, b: _reference(a, b, strides, padding, dilation), _bf16(x), _bf16(w), _bf16(g)
