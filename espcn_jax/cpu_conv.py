@@ -224,6 +224,24 @@ def native_bf16() -> bool:
     return False
 
 
+AVX512_CORE = 0x27  # dnnl_cpu_isa_avx512_core's bits (oneapi/dnnl/dnnl_types.h: ISAs are bit sets)
+
+
+@functools.cache
+def onednn_isa() -> int:
+    """The instruction set oneDNN's kernels use here (``dnnl_get_effective_cpu_isa``, a
+    ``dnnl_cpu_isa_t`` bit set), or 0 when the library is not loaded."""
+    if not _load()[0]:
+        return 0
+    lib = ctypes.CDLL(os.path.join(LIBRARY_DIR, LIBRARY_NAME))  # the loaded one; dlsym sees libdnnl
+    return int(lib.dnnl_get_effective_cpu_isa())
+
+
+def avx512_kernels() -> bool:
+    """Whether oneDNN runs its AVX-512 (``avx512_core`` or newer) kernels here."""
+    return onednn_isa() & AVX512_CORE == AVX512_CORE
+
+
 def operands_for(precision=None) -> str:
     """The operand dtype of a convolution traced now with ``precision`` (its ``precision``
     argument): ``"bfloat16"`` when that is None, the ambient ``jax.default_matmul_precision`` is

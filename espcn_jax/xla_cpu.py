@@ -167,7 +167,17 @@ def uses_channel_split(config) -> bool:
 # oneDNN convolutions for training (espcn_jax/cpu_conv.py)
 
 
-ONEDNN_MIN_IN_CHANNELS = 2  # see OnednnConv.min_in_channels
+def onednn_min_in_channels() -> int:
+    """The fewest input channels of a float32 conv that :class:`OnednnConv` runs in oneDNN here:
+    1 where oneDNN runs its AVX-512 kernels (:func:`cpu_conv.avx512_kernels`), 2 elsewhere.
+
+    ESPCN's first conv reads one channel. On an Intel Xeon (oneDNN's ``avx512_core`` kernels)
+    its oneDNN forward and weight gradient took 0.38 and 0.49 ms against XLA's 0.83 and 1.34
+    (1 -> 64, 5x5, B16 32x32), and routing it to oneDNN made the whole float32 step 1.08-1.12x
+    faster (paired rounds, BUILD_NOTES "The first layer on oneDNN"). On the AMD EPYC of earlier
+    sessions oneDNN's weight gradient for it took 4.0 ms against XLA's 0.8, so there it stays with
+    XLA. With bfloat16 operands every conv goes to oneDNN."""
+    return 1 if cpu_conv.avx512_kernels() else 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,12 +194,12 @@ class OnednnConv:
 
     fallback: Callable = lax.conv_general_dilated
     mesh: Mesh | None = None
-    # A float32 conv reading one channel (ESPCN's first layer) stays with XLA: oneDNN's weight
-    # gradient for it took 4.0 ms vs XLA's 0.8 (1 -> 64, 5x5, B16 32x32; benchmark_train.py's
-    # pieces, an AMD EPYC). With bfloat16 operands every conv goes to oneDNN: the whole 1 -> 64
-    # layer (B64 24x24, forward and both gradients) took 2.35 ms there against XLA's 8.17 (an
-    # Intel Xeon with AMX; BUILD_NOTES, "bfloat16 convolutions").
-    min_in_channels: int = ONEDNN_MIN_IN_CHANNELS
+    # Float32 convs reading fewer input channels stay with ``fallback``; None: this CPU's
+    # :func:`onednn_min_in_channels` (ESPCN's first layer reads one). bfloat16 ones never do.
+    min_in_channels: int | None = None
+
+    def _min_in_channels(self) -> int:
+        return self.min_in_channels or onednn_min_in_channels()
 
     def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                  dimension_numbers=None, feature_group_count=1, batch_group_count=1,
@@ -202,7 +212,7 @@ class OnednnConv:
         fast = (
             cpu_conv.supports(*args, *groups, preferred_element_type, out_sharding)
             and (mesh is None or lhs.shape[0] % mesh.size == 0)
-            and (operands == "bfloat16" or rhs.shape[-2] >= self.min_in_channels)
+            and (operands == "bfloat16" or rhs.shape[-2] >= self._min_in_channels())
             and cpu_conv.available()
         )
         if not fast:

@@ -363,10 +363,54 @@ def test_without_the_library_the_step_runs_lax_with_one_log_line():
     assert cpu_conv.DISABLE_ENV in lines[0]
 
 
-def test_one_input_channel_stays_with_xla():
-    """ESPCN's first conv (1 input channel) is faster in XLA (OnednnConv.min_in_channels)."""
-    x = jnp.ones((2, 8, 8, 1), jnp.float32)
-    w = jnp.ones((5, 5, 1, 4), jnp.float32)
-    fast = jax.jit(lambda a, b: xla_cpu.OnednnConv()(a, b, (1, 1), "SAME", dimension_numbers=DN))
-    assert "custom_call" not in fast.lower(x, w).as_text()
-    np.testing.assert_array_equal(fast(x, w), _reference(x, w, (1, 1), "SAME", (1, 1)))
+def _one_channel_conv(min_in_channels):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 1)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((5, 5, 1, 4)), jnp.float32)
+    hook = xla_cpu.OnednnConv(min_in_channels=min_in_channels)
+    fast = jax.jit(lambda a, b: hook(a, b, (1, 1), "SAME", dimension_numbers=DN))
+    return (
+        "custom_call" in fast.lower(x, w).as_text(),
+        fast(x, w),
+        _reference(x, w, (1, 1), "SAME", (1, 1)),
+    )
+
+
+@needs_library
+@pytest.mark.parametrize("min_in_channels", [1, 2, None])
+def test_one_input_channel_conv_goes_where_the_cpu_says(min_in_channels):
+    """A float32 conv reading one channel (ESPCN's first) runs in oneDNN only when
+    ``min_in_channels`` is 1, by default where oneDNN runs AVX-512 kernels; lax's result
+    either way (exactly when XLA keeps it)."""
+    custom, y, ref = _one_channel_conv(min_in_channels)
+    expected = min_in_channels == 1 or (min_in_channels is None and cpu_conv.avx512_kernels())
+    assert custom == expected
+    if custom:
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(y, ref)
+
+
+def _cpuinfo_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        return next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
+
+
+@needs_library
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="no /proc/cpuinfo")
+def test_onednn_isa_agrees_with_the_cpu_flags():
+    """oneDNN's ``avx512_core`` kernels need AVX-512 F, BW, VL and DQ (read from /proc/cpuinfo
+    here, independently of oneDNN's own CPUID dispatch)."""
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= _cpuinfo_flags()
+    assert cpu_conv.avx512_kernels() == avx512
+    assert cpu_conv.onednn_isa() > 0
+
+
+def test_without_the_library_the_isa_is_none(monkeypatch):
+    monkeypatch.setattr(cpu_conv, "_load", lambda: (False, "not built"))
+    cpu_conv.onednn_isa.cache_clear()
+    try:
+        assert cpu_conv.onednn_isa() == 0 and not cpu_conv.avx512_kernels()
+        assert xla_cpu.onednn_min_in_channels() == 2
+    finally:
+        cpu_conv.onednn_isa.cache_clear()

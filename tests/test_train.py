@@ -159,11 +159,14 @@ def _conv_precisions(jaxpr) -> set:
 @pytest.mark.parametrize("precision", ["default", "high", "highest"])
 def test_train_step_is_traced_at_the_configured_precision(precision):
     """config.train.precision is fixed in the train step's convolutions (forward and backward),
-    whatever jax.default_matmul_precision is around the call."""
+    whatever jax.default_matmul_precision is around the call. Checked on the lax convs (the
+    route of GPU and TPU): a oneDNN custom call given an explicit precision computes float32
+    (tests/test_fast_conv.py)."""
     cfg = models.ModelConfig(family="lr", scale=2, depth=2, widths=4)
     steps = step_lib.make_steps(
-        cfg, optax.adam(1e-3), seed=0, mesh=step_lib.make_mesh(), precision=precision
-    )
+        cfg, optax.adam(1e-3), seed=0, mesh=step_lib.make_mesh(), precision=precision,
+        onednn_convs=False,
+    )  # fmt: skip
     batch = {"lr": np.zeros((2, 4, 4, 1), np.float32), "hr": np.zeros((2, 8, 8, 1), np.float32)}
     with jax.default_matmul_precision("bfloat16"):
         jaxpr = steps.train.trace(steps.init(), batch).jaxpr.jaxpr
