@@ -18,10 +18,11 @@ Three things live here, all about how XLA:CPU (jax 0.10, YNNPACK convolutions) r
    float32 NHWC conv and its two gradients as oneDNN custom calls (``espcn_jax/cpu_conv.py``),
    about twice as fast as XLA's own convs in the ESPCN train step (notes/speed.md);
    :func:`use_onednn_convs` routes a net's convs through it, which ``training.step.make_steps``
-   does on the CPU backend when the library was built. Same results up to summation order. Traced
-   under ``jax.default_matmul_precision("bfloat16")`` on a CPU with bfloat16 instructions, the
-   custom calls take bfloat16 operands (float32 accumulation and results:
-   :func:`cpu_conv.operands_for`), TPU's one-pass arithmetic.
+   does on the CPU backend when the library was built (a float32 conv reading one channel only
+   where oneDNN runs AVX-512 kernels: :func:`onednn_min_in_channels`). Same results up to
+   summation order. Traced under ``jax.default_matmul_precision("bfloat16")`` on a CPU with
+   bfloat16 instructions, the custom calls take bfloat16 operands (float32 accumulation and
+   results: :func:`cpu_conv.operands_for`), TPU's one-pass arithmetic.
 3. **What XLA's cost analysis counts** for those graphs, which ``flops_xla`` mirrors (the budget a
    study matches never depends on them): the split's extra work (:func:`split_cost`), a cheap
    producer that XLA recomputes for both halves of a split (:data:`XLA_DUPLICATED`), and a 1x1
