@@ -406,7 +406,7 @@ def test_onednn_isa_agrees_with_the_cpu_flags():
     assert cpu_conv.onednn_isa() > 0
 
 
-def test_without_the_library_the_isa_is_none(monkeypatch):
+def test_without_the_library_the_isa_is_zero(monkeypatch):
     monkeypatch.setattr(cpu_conv, "_load", lambda: (False, "not built"))
     cpu_conv.onednn_isa.cache_clear()
     try:

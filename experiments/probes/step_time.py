@@ -10,8 +10,8 @@ three ways, each over ``--probe_steps`` blocked steps after a warm-up:
 - ``xla``: the XLA:CPU thunks that are not custom calls (fusions, copies: the "glue"), and the
   host's dispatch of the jitted call (``PjitFunction``), per step, from a ``jax.profiler`` trace.
 
-Prints one JSON object. What is left of ``step_ms`` after the three is waiting between thunks
-(thread hand-offs, the custom calls' queue).
+Prints one JSON object. ``rest_ms`` is what is left of ``step_ms`` after the three, not
+attributed (waits between thunks are part of it).
 
     python experiments/probes/step_time.py
     python experiments/probes/step_time.py --precision=bfloat16
