@@ -2,8 +2,8 @@
 
 Builds ``benchmark_train.py``'s engine step twice, once with ``OnednnConv(min_in_channels=2)``
 (the first conv stays with XLA) and once with ``min_in_channels=1`` (it goes to oneDNN), plus
-PyTorch's step, and times them interleaved: ``--rounds`` rounds of ``--steps`` blocked steps each,
-the three one after another in every round, so a change of the machine's speed hits all three.
+PyTorch's step, and times them interleaved: ``--probe_rounds`` rounds of ``--probe_steps`` blocked
+steps each, the three one after another in every round, so a change of the machine's speed hits all three.
 Prints one JSON object: each step's median of round medians (ms), the median of the per-round
 ratios ``xla_first / onednn_first``, and PyTorch's ratio to each.
 
@@ -37,7 +37,7 @@ def engine_step(cfg, batch, min_in_channels: int) -> bt.Stepper:
     """The engine step with every conv hook's ``min_in_channels`` set (default otherwise)."""
     defaults = xla_cpu.OnednnConv.__init__.__defaults__
     xla_cpu.OnednnConv.__init__.__defaults__ = (*defaults[:-1], min_in_channels)
-    try:  # engine_stepper compiles, so the hooks are traced before the default is restored
+    try:  # make_steps builds the graph's hooks here; each keeps the min_in_channels it got
         return bt.engine_stepper(cfg, step_lib.make_mesh(), batch)[0]
     finally:
         xla_cpu.OnednnConv.__init__.__defaults__ = defaults
