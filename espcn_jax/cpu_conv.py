@@ -212,16 +212,22 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 @functools.cache
-def native_bf16() -> bool:
-    """Whether this CPU has bfloat16 dot-product instructions (:data:`BF16_FLAGS`)."""
+def cpu_flags() -> frozenset[str]:
+    """The first ``flags`` line of ``/proc/cpuinfo`` (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return bool(BF16_FLAGS & set(line.split(":", 1)[1].split()))
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return frozenset()
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 dot-product instructions (:data:`BF16_FLAGS`)."""
+    return bool(BF16_FLAGS & cpu_flags())
 
 
 AVX512_CORE = 0x27  # dnnl_cpu_isa_avx512_core's bits (oneapi/dnnl/dnnl_types.h: ISAs are bit sets)

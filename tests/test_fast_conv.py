@@ -391,17 +391,12 @@ def test_one_input_channel_conv_goes_where_the_cpu_says(min_in_channels):
         np.testing.assert_array_equal(y, ref)
 
 
-def _cpuinfo_flags() -> set[str]:
-    with open("/proc/cpuinfo") as f:
-        return next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
-
-
 @needs_library
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="no /proc/cpuinfo")
 def test_onednn_isa_agrees_with_the_cpu_flags():
-    """oneDNN's ``avx512_core`` kernels need AVX-512 F, BW, VL and DQ (read from /proc/cpuinfo
-    here, independently of oneDNN's own CPUID dispatch)."""
-    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= _cpuinfo_flags()
+    """oneDNN's ``avx512_core`` kernels need AVX-512 F, BW, VL and DQ (the kernel's flags in
+    /proc/cpuinfo, independent of oneDNN's own CPUID dispatch)."""
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= cpu_conv.cpu_flags()
     assert cpu_conv.avx512_kernels() == avx512
     assert cpu_conv.onednn_isa() > 0
 
