@@ -20,16 +20,16 @@ import statistics
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import benchmark_train as bt  # noqa: E402  (experiments/, its shapes and steppers)
 
-from espcn_jax import cpu_conv, xla_cpu  # noqa: E402
+from espcn_jax import cli, cpu_conv, xla_cpu  # noqa: E402
 from espcn_jax.training import step as step_lib  # noqa: E402
 
-flags.DEFINE_integer("probe_rounds", 15, "Interleaved rounds.")
-flags.DEFINE_integer("probe_steps", 20, "Blocked steps per step kind and round.")
+flags.DEFINE_integer("probe_rounds", 15, "Interleaved rounds.", lower_bound=1)
+flags.DEFINE_integer("probe_steps", 20, "Blocked steps per step kind and round.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -46,7 +46,7 @@ def engine_step(cfg, batch, min_in_channels: int) -> bt.Stepper:
 def main(argv: list[str]) -> None:
     del argv
     if not cpu_conv.available():
-        sys.exit("first_layer.py: the oneDNN library is not available here")
+        cli.fail("first_layer.py: the oneDNN library is not available here")
     cfg = bt.config_from_flags()
     batch = bt.fixed_batch(cfg)
     steppers = {
@@ -77,4 +77,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

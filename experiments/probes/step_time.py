@@ -32,15 +32,16 @@ import sys
 import tempfile
 
 import jax
-from absl import app, flags
+from absl import flags
 
 EXPERIMENTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, EXPERIMENTS)
 import benchmark_train as bt  # noqa: E402  (experiments/, its shapes and steppers)
 
+from espcn_jax import cli  # noqa: E402
 from espcn_jax.training import step as step_lib  # noqa: E402
 
-flags.DEFINE_integer("probe_steps", 50, "Timed steps of each measurement.")
+flags.DEFINE_integer("probe_steps", 50, "Timed steps of each measurement.", lower_bound=1)
 flags.DEFINE_enum("precision", "default", ["default", "bfloat16"], "make_steps(precision=...).")
 flags.DEFINE_bool("verbose_child", False, "Internal: the ONEDNN_VERBOSE child's mode.")
 FLAGS = flags.FLAGS
@@ -125,4 +126,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
